@@ -1,0 +1,128 @@
+"""The ``lockstep`` command line (names fixed by DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from server.config import Config, load_config
+
+log = logging.getLogger("lockstep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lockstep", description=__doc__)
+    parser.add_argument("--data", help="data directory (default ./data)")
+    parser.add_argument("--config", help="TOML config file")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run CalDAV, the HTTP API and the workers")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--no-workers", action="store_true", help="web only (scale-out)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+
+    tech = commands.add_parser("tech", help="manage techs").add_subparsers(dest="action", required=True)
+    add = tech.add_parser("add", help="create a tech with a CalDAV home and a bookings calendar")
+    add.add_argument("username")
+    add.add_argument("--name", required=True)
+    add.add_argument("--email", required=True)
+    add.add_argument("--tz", required=True, help="IANA time zone, e.g. America/Los_Angeles")
+    add.add_argument("--hours", default="mon-fri 08:00-17:00", help='e.g. "mon-fri 08:00-17:00"')
+    add.add_argument("--password", help="app password (default: generated and printed once)")
+    tech.add_parser("list", help="list techs")
+    remove = tech.add_parser("remove", help="remove a tech and their calendars")
+    remove.add_argument("username")
+    password = tech.add_parser("password", help="set or generate a new app password")
+    password.add_argument("username")
+    password.add_argument("--password")
+
+    token = commands.add_parser("token", help="API credentials").add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", help="create a credential for booking software")
+    create.add_argument("name")
+    create.add_argument("--scope", choices=("freebusy", "bookings"), default="freebusy")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.data, args.config)
+    except (OSError, ValueError) as exc:
+        print(f"lockstep: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config)
+    from server.techs import AdminError
+
+    try:
+        if args.command == "serve":
+            from server.serve import serve
+
+            return serve(config, args)
+        return _run_admin(config, args)
+    except AdminError as exc:
+        print(f"lockstep: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_admin(config: Config, args: argparse.Namespace) -> int:
+    from server import techs
+    from server.app import open_database
+
+    database = open_database(config)
+    dav_url = f"{config.public_url}/dav/"
+    if args.command == "tech" and args.action == "add":
+        credential = techs.add_tech(
+            database, args.username, name=args.name, email=args.email, tz=args.tz,
+            hours=args.hours, password=args.password,
+        )
+        print(f"Created tech {credential.name} ({args.name}).")
+        _print_caldav_account(dav_url, credential.name, credential.secret, shown=not args.password)
+    elif args.command == "tech" and args.action == "list":
+        rows = techs.list_techs(database)
+        if not rows:
+            print("No techs yet. Add one with: lockstep tech add USER --name N --email E --tz ZONE")
+        for tech in rows:
+            print(f"{tech.username:<16} {tech.name:<24} {tech.email:<28} {tech.timezone:<22} {tech.working_hours}")
+    elif args.command == "tech" and args.action == "remove":
+        techs.remove_tech(database, args.username)
+        print(f"Removed tech {args.username} and their calendars.")
+    elif args.command == "tech" and args.action == "password":
+        credential = techs.set_password(database, args.username, args.password)
+        print(f"New app password set for {credential.name}.")
+        if not args.password:
+            print(f"App password:  {credential.secret}   (shown once)")
+    elif args.command == "token" and args.action == "create":
+        credential = techs.create_token(database, args.name, args.scope)
+        print(f"Created {args.scope} token {credential.name}. Use it as CalDAV Basic auth")
+        print(f"(user name {credential.name}) or as a bearer token for /api/v1:")
+        print(credential.secret)
+    database.dispose()
+    return 0
+
+
+def _print_caldav_account(dav_url: str, username: str, secret: str, *, shown: bool) -> None:
+    print(f"CalDAV server:     {dav_url}")
+    print(f"User name:         {username}")
+    if shown:
+        print(f"App password:      {secret}   (shown once)")
+    print(f"Booking calendar:  {dav_url}{username}/bookings/")
+    print("iPhone: Settings > Calendar > Accounts > Add Account > Other > Add CalDAV Account;")
+    print("        enter the server (host name only is fine), user name and app password.")
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, str(config.get("logging", "level")).upper(), logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # Radicale logs every request at INFO; keep it to problems unless debugging.
+    logging.getLogger("radicale").setLevel(level if level <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Configuration: one declarative schema drives the file, the environment and the docs.
+
+Every option can be set in the TOML config file (``[section] key = value``) or
+in the environment as ``LOCKSTEP_<SECTION>_<KEY>``; the environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+Converter = Callable[[Any], Any]
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    convert: Converter
+    help: str
+
+
+SCHEMA: dict[str, dict[str, Option]] = {
+    "server": {
+        "host": Option("127.0.0.1", str, "Address to listen on"),
+        "port": Option(5232, int, "Port to listen on"),
+        "public_url": Option("", str, "Base URL providers call back; default http://HOST:PORT"),
+        "threads": Option(16, int, "Worker threads of the WSGI server"),
+        "max_body_bytes": Option(1024 * 1024, int, "Largest request body accepted (413 above)"),
+        "auth_delay": Option(1.0, float, "Seconds a failed login takes, whatever the cause"),
+        "tls_cert": Option("", str, "PEM certificate for HTTPS (optional)"),
+        "tls_key": Option("", str, "PEM private key for HTTPS (optional)"),
+        "trust_forwarded": Option(
+            False, _to_bool, "Honour X-Forwarded-Proto/Host from a reverse proxy"
+        ),
+    },
+    "database": {
+        "url": Option("", str, "SQLAlchemy URL; default sqlite:///DATA/lockstep.db"),
+    },
+    "security": {
+        "secret_key": Option("", str, "Secret key; default generated into DATA/secret.key"),
+    },
+    "logging": {
+        "level": Option("info", str, "debug, info, warning or error"),
+    },
+}
+
+
+@dataclass
+class Config:
+    data_dir: Path
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section][key]
+
+    @property
+    def database_url(self) -> str:
+        url = self.get("database", "url") or f"sqlite:///{self.data_dir / 'lockstep.db'}"
+        return normalize_database_url(url)
+
+    @property
+    def public_url(self) -> str:
+        url = self.get("server", "public_url")
+        if url:
+            return url.rstrip("/")
+        scheme = "https" if self.get("server", "tls_cert") else "http"
+        return f"{scheme}://{self.get('server', 'host')}:{self.get('server', 'port')}"
+
+
+def normalize_database_url(url: str) -> str:
+    """Plain ``postgresql://`` URLs use psycopg 3, the driver we ship."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def load_config(
+    data_dir: str | Path | None = None,
+    config_file: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults, then the file, then ``LOCKSTEP_*`` variables."""
+    env = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_path = config_file or env.get("LOCKSTEP_CONFIG")
+    if config_path:
+        with open(config_path, "rb") as handle:
+            file_values = tomllib.load(handle)
+    unknown = set(file_values) - set(SCHEMA)
+    if unknown:
+        raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    values: dict[str, dict[str, Any]] = {}
+    for section, options in SCHEMA.items():
+        given = file_values.get(section, {})
+        unknown_keys = set(given) - set(options)
+        if unknown_keys:
+            raise ValueError(f"unknown option(s) in [{section}]: {', '.join(sorted(unknown_keys))}")
+        values[section] = {}
+        for key, option in options.items():
+            raw = env.get(f"LOCKSTEP_{section.upper()}_{key.upper()}", given.get(key, option.default))
+            try:
+                values[section][key] = option.convert(raw)
+            except ValueError as exc:
+                raise ValueError(f"[{section}] {key}: {exc}") from exc
+    directory = Path(data_dir or env.get("LOCKSTEP_DATA") or "./data").resolve()
+    return Config(data_dir=directory, values=values)

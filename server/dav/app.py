@@ -1,0 +1,136 @@
+"""Radicale, embedded: configured for our storage, auth and rights, behind a guard.
+
+The guard answers what Radicale would answer with a bare "Bad Request" with a
+sentence saying what is wrong, enforces the body limit before Radicale reads
+anything, and drops headers a client must not set (X-Script-Name).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import radicale
+from radicale import config as radicale_config
+
+from server.db import Database
+from server.dav.auth import Auth
+from server.dav.rights import Rights
+from server.dav.storage import Storage
+
+DAV_PREFIX = "/dav"
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_request = threading.local()
+
+# Messages Radicale logs when it refuses a request; the guard sends the reason back.
+_REASON_LEVEL = logging.WARNING
+
+
+class _ReasonCollector(logging.Handler):
+    """Keeps Radicale's warnings for the request being handled on this thread."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reasons = getattr(_request, "reasons", None)
+        if reasons is not None and record.levelno >= _REASON_LEVEL:
+            try:
+                reasons.append(record.getMessage())
+            except Exception:  # noqa: BLE001 - never break a request over a log line
+                pass
+
+
+_collector = _ReasonCollector()
+
+
+def build_radicale(database: Database, *, auth_delay: float, max_body: int) -> WSGIApp:
+    configuration = radicale_config.load()
+    configuration.update(
+        {
+            "server": {"max_content_length": str(max_body * 2), "max_resource_size": str(max_body)},
+            "auth": {
+                "type": functools.partial(Auth, database=database),
+                "delay": str(auth_delay),
+                "urldecode_username": "True",
+                "realm": "Lockstep",
+                "cache_logins": "False",
+            },
+            "rights": {"type": functools.partial(Rights, database=database)},
+            "storage": {"type": functools.partial(Storage, database=database)},
+            "web": {"type": "none"},
+            "logging": {"mask_passwords": "True", "bad_put_request_content": "False"},
+        },
+        "lockstep",
+        privileged=True,
+    )
+    radicale_logger = logging.getLogger("radicale")
+    if _collector not in radicale_logger.handlers:
+        radicale_logger.addHandler(_collector)
+    return radicale.Application(configuration)
+
+
+class DavGuard:
+    """WSGI middleware in front of Radicale."""
+
+    def __init__(self, app: WSGIApp, *, max_body: int) -> None:
+        self._app = app
+        self._max_body = max_body
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ.pop("HTTP_X_SCRIPT_NAME", None)
+        length = environ.get("CONTENT_LENGTH") or "0"
+        try:
+            size = int(length)
+        except ValueError:
+            return _plain(start_response, "400 Bad Request", "Content-Length is not a number.")
+        if size > self._max_body:
+            return _plain(
+                start_response,
+                "413 Request Entity Too Large",
+                f"The request body is {size} bytes; this server accepts at most "
+                f"{self._max_body} bytes. Nothing was stored.",
+            )
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            return _plain(
+                start_response, "411 Length Required", "Send a Content-Length header, not chunked."
+            )
+        _request.reasons = []
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        try:
+            body = b"".join(self._app(environ, capture))
+            reasons = list(_request.reasons)
+        finally:
+            _request.reasons = None
+        status: str = captured["status"]
+        headers: list[tuple[str, str]] = captured["headers"]
+        if status[:1] == "4" and reasons and _is_generic(body, status) and status[:3] != "401":
+            body = (status[4:] + ": " + _public_reason(reasons[-1]) + "\n").encode()
+            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-type")]
+            headers += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        return [body]
+
+
+def _is_generic(body: bytes, status: str) -> bool:
+    """Radicale's canned bodies are just the reason phrase (or empty)."""
+    text = body.decode("utf-8", "replace").strip()
+    return len(text) < 60 and "\n" not in text and not text.startswith("<")
+
+
+def _public_reason(message: str) -> str:
+    """First line only, no tracebacks; paths stay (they are the client's own)."""
+    return message.splitlines()[0][:500] if message else "request refused"
+
+
+def _plain(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:
+    body = (message + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

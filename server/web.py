@@ -1,0 +1,33 @@
+"""The Flask side of the one port: health now; /api, /hooks, /oauth and /admin plug in here."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from sqlalchemy import text
+
+from server.db import Database
+
+
+def create_flask_app(database: Database, secret_key: str) -> Flask:
+    app = Flask("lockstep")
+    app.config.update(SECRET_KEY=secret_key, JSON_SORT_KEYS=False)
+
+    @app.get("/healthz")
+    def healthz():  # type: ignore[no-untyped-def]
+        """Liveness for load balancers and Docker: the database answers."""
+        try:
+            with database.read() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
+            return jsonify(status="error", message=f"database unavailable: {type(exc).__name__}"), 503
+        return jsonify(status="ok")
+
+    @app.errorhandler(404)
+    def not_found(_error):  # type: ignore[no-untyped-def]
+        return jsonify(error="not_found", message="No such endpoint."), 404
+
+    @app.errorhandler(405)
+    def not_allowed(_error):  # type: ignore[no-untyped-def]
+        return jsonify(error="method_not_allowed", message="This endpoint does not take that method."), 405
+
+    return app
