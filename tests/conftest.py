@@ -1,0 +1,39 @@
+"""Shared fixtures: every server-level test runs on SQLite and, when
+LOCKSTEP_TEST_DATABASE_URL is set, on PostgreSQL too."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.lockstep_server import PG_ENV, LockstepServer, running_server
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and not os.environ.get(PG_ENV):
+        pytest.skip(f"{PG_ENV} not set")
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
+    """One running ``lockstep serve`` per test module and backend."""
+    with running_server(tmp_path_factory.mktemp(f"lockstep-{backend}"), backend) as started:
+        yield started
+
+
+@pytest.fixture
+def tech(server: LockstepServer) -> tuple[str, str]:
+    """A fresh tech (user name, app password) on the module's server."""
+    return server.add_tech()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

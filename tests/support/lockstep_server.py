@@ -1,0 +1,143 @@
+"""Start a real ``lockstep serve`` process (SQLite or PostgreSQL) and drive its CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+PG_ENV = "LOCKSTEP_TEST_DATABASE_URL"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_schema(base_url: str) -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards; yields a URL using it."""
+    import sqlalchemy
+
+    from server.config import normalize_database_url
+
+    url = normalize_database_url(base_url)
+    schema = "lockstep_t_" + secrets.token_hex(6)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@dataclass
+class LockstepServer:
+    data_dir: Path
+    database_url: str
+    port: int = field(default_factory=free_port)
+    auth_delay: float = 0.3
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dav_url(self) -> str:
+        return f"{self.url}/dav/"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / f"server-{self.port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            LOCKSTEP_DATABASE_URL=self.database_url,
+            LOCKSTEP_SERVER_AUTH_DELAY=str(self.auth_delay),
+            LOCKSTEP_SERVER_PUBLIC_URL=self.url,
+            **self.extra_env,
+        )
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "server.cli", "--data", str(self.data_dir), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"lockstep {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def add_tech(self, username: str | None = None, password: str | None = None, tz: str = "America/Los_Angeles") -> tuple[str, str]:
+        username = username or "t" + secrets.token_hex(4)
+        password = password or secrets.token_urlsafe(12)
+        self.cli("tech", "add", username, "--name", f"Tech {username}", "--email",
+                 f"{username}@example.com", "--tz", tz, f"--password={password}")
+        return username, password
+
+    def create_token(self, name: str | None = None, scope: str = "bookings") -> tuple[str, str]:
+        name = name or "app" + secrets.token_hex(4)
+        output = self.cli("token", "create", name, "--scope", scope).stdout
+        return name, output.strip().splitlines()[-1]
+
+    def start(self, *extra_args: str) -> LockstepServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "--data", str(self.data_dir), "serve",
+             "--port", str(self.port), *extra_args],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lockstep serve exited:\n{self.log_file.read_text()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"lockstep serve did not come up:\n{self.log_file.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, backend: str, **kwargs: object) -> Iterator[LockstepServer]:
+    """A started server on ``backend`` ("sqlite" or "postgresql"), stopped afterwards."""
+    with contextlib.ExitStack() as stack:
+        if backend == "postgresql":
+            database_url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
+        else:
+            database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
+        server = LockstepServer(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
+        stack.callback(server.stop)
+        yield server.start()
