@@ -8,6 +8,7 @@ anything, and drops headers a client must not set (X-Script-Name).
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import threading
 from collections.abc import Iterable
@@ -109,16 +110,25 @@ class DavGuard:
             _request.reasons = None
         status: str = captured["status"]
         headers: list[tuple[str, str]] = captured["headers"]
-        if status[:1] == "4" and reasons and _is_generic(body, status) and status[:3] != "401":
+        if status[:1] == "4" and reasons and status[:3] != "401" and _is_generic(body, headers):
             body = (status[4:] + ": " + _public_reason(reasons[-1]) + "\n").encode()
-            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-type")]
+            replaced = ("content-length", "content-type", "content-encoding")
+            headers = [(k, v) for k, v in headers if k.lower() not in replaced]
             headers += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [body]
 
 
-def _is_generic(body: bytes, status: str) -> bool:
+def _is_generic(body: bytes, headers: list[tuple[str, str]]) -> bool:
     """Radicale's canned bodies are just the reason phrase (or empty)."""
+    encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
+    if encoding == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            return False
+    elif encoding:
+        return False
     text = body.decode("utf-8", "replace").strip()
     return len(text) < 60 and "\n" not in text and not text.startswith("<")
 

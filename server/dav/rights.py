@@ -17,17 +17,19 @@ def permissions(principal: Principal | None, sane_path: str, home_exists: bool) 
     if not sane_path:
         return "R"
     parts = sane_path.split("/")
+    # The bookings calendar is the source of truth: nobody deletes or overwrites it whole.
+    protect = "do" if len(parts) == 2 and parts[1] == BOOKINGS_CALENDAR else ""
     if principal.kind == KIND_TECH:
         if parts[0] != principal.name:
             return ""
-        return "RW" if len(parts) == 1 else ("rw" if len(parts) == 2 else "")
+        return "RW" if len(parts) == 1 else ("rw" + protect if len(parts) == 2 else "")
     # API token: only homes of existing techs, never anything above or below calendars.
     if not home_exists or len(parts) > 2:
         return ""
     if len(parts) == 1:
         return "R"
     if parts[1] == BOOKINGS_CALENDAR and principal.scope == SCOPE_BOOKINGS:
-        return "rw"
+        return "rw" + protect
     return "f"
 
 
