@@ -380,14 +380,14 @@ class Bench:
         new_counter = iter(range(10**9))
 
         def timed(op: str, run_once: Callable[[int, bool], tuple[requests.Response | None, float]],
-                  check: Callable[[requests.Response], int] | None = None) -> None:
+                  check: Callable[[bytes], int] | None = None) -> None:
             res = OpResult()
             op_started = time.monotonic()
             for i in range(args.warmup + args.repeat):
                 warm = i < args.warmup
                 response, seconds = run_once(i, warm)
                 if check is not None and response is not None and (warm or i == args.warmup + args.repeat - 1):
-                    res.items = check(response)
+                    res.items = check(response.content)
                 if not warm:
                     res.samples_ms.append(seconds * 1000)
                     if (len(res.samples_ms) >= args.min_repeat

@@ -12,6 +12,14 @@ from server.security import load_or_create_secret_key
 from server.web import create_flask_app
 
 WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
+# Proxy headers (Radicale reads some of them itself): applied or dropped, never passed through blindly.
+FORWARDED_HEADERS = (
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_FORWARDED_PORT",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_SERVER",
+)
 
 
 @dataclass
@@ -54,7 +62,7 @@ class Dispatcher:
         if self._trust_forwarded:
             _apply_forwarded(environ)
         else:
-            for header in ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_FOR"):
+            for header in FORWARDED_HEADERS:
                 environ.pop(header, None)
         path = environ.get("PATH_INFO", "") or "/"
         if path.rstrip("/") in WELL_KNOWN or path == DAV_PREFIX:
@@ -67,13 +75,43 @@ class Dispatcher:
 
 
 def _apply_forwarded(environ: dict[str, Any]) -> None:
+    """Make the environ describe the request as the client sent it to the proxy.
+
+    Radicale reads X-Forwarded-Proto/Host/Port itself (MOVE's Destination check,
+    /.mobileconfig), so the headers are normalised or dropped here, and
+    SERVER_PORT becomes the port the client used, never the backend's: behind a
+    proxy with ``Host: cal.example.com`` and ``X-Forwarded-Proto: https`` that is
+    443, not 5232.
+    """
     proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip().lower()
     if proto in ("http", "https"):
         environ["wsgi.url_scheme"] = proto
         environ["HTTPS"] = "on" if proto == "https" else ""
+        environ["HTTP_X_FORWARDED_PROTO"] = proto
+    else:
+        environ.pop("HTTP_X_FORWARDED_PROTO", None)
     host = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[0].strip()
     if host and all(c.isalnum() or c in ".-:[]" for c in host):
-        environ["HTTP_HOST"] = host
+        environ["HTTP_HOST"] = environ["HTTP_X_FORWARDED_HOST"] = host
+    else:
+        environ.pop("HTTP_X_FORWARDED_HOST", None)
+    port = environ.get("HTTP_X_FORWARDED_PORT", "").split(",")[0].strip()
+    if port.isdigit() and 0 < int(port) < 65536:
+        environ["HTTP_X_FORWARDED_PORT"] = port
+    else:
+        environ.pop("HTTP_X_FORWARDED_PORT", None)
+        port = _explicit_port(environ.get("HTTP_HOST", "")) or (
+            "443" if environ.get("wsgi.url_scheme") == "https" else "80"
+        )
+    environ["SERVER_PORT"] = port
+
+
+def _explicit_port(host: str) -> str:
+    """The port in a Host header value ("h:8443", "[::1]:8443"), or ""."""
+    if host.endswith("]") or ":" not in host:
+        return ""
+    port = host.rsplit(":", 1)[1]
+    return port if port.isdigit() else ""
 
 
 def _redirect(start_response: Callable[..., Any], environ: dict[str, Any], target: str) -> list[bytes]:

@@ -44,7 +44,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "tls_cert": Option("", str, "PEM certificate for HTTPS (optional)"),
         "tls_key": Option("", str, "PEM private key for HTTPS (optional)"),
         "trust_forwarded": Option(
-            False, _to_bool, "Honour X-Forwarded-Proto/Host from a reverse proxy"
+            False, _to_bool, "Honour X-Forwarded-Proto/Host/Port from a reverse proxy"
         ),
     },
     "database": {

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +53,14 @@ class LockstepServer:
     auth_delay: float = 0.3
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # "https" when started with --tls-cert/--tls-key; ``verify`` is what requests
+    # checks the certificate against (a CA bundle path) while waiting for /healthz.
+    scheme: str = "http"
+    verify: bool | str = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def dav_url(self) -> str:
@@ -113,7 +117,7 @@ class LockstepServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lockstep serve exited:\n{self.log_file.read_text()}")
             with contextlib.suppress(requests.ConnectionError):
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=2, verify=self.verify).status_code == 200:
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"lockstep serve did not come up:\n{self.log_file.read_text()}")
@@ -131,8 +135,13 @@ class LockstepServer:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, backend: str, **kwargs: object) -> Iterator[LockstepServer]:
-    """A started server on ``backend`` ("sqlite" or "postgresql"), stopped afterwards."""
+def running_server(
+    data_dir: Path, backend: str, *, start_args: Sequence[str] = (), **kwargs: object
+) -> Iterator[LockstepServer]:
+    """A started server on ``backend`` ("sqlite" or "postgresql"), stopped afterwards.
+
+    ``start_args`` are extra ``lockstep serve`` arguments (e.g. ``--tls-cert``).
+    """
     with contextlib.ExitStack() as stack:
         if backend == "postgresql":
             database_url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
@@ -140,4 +149,4 @@ def running_server(data_dir: Path, backend: str, **kwargs: object) -> Iterator[L
             database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
         server = LockstepServer(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
         stack.callback(server.stop)
-        yield server.start()
+        yield server.start(*start_args)
