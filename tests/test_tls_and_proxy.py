@@ -167,6 +167,8 @@ def _session(user: str, password: str, verify: bool | str = True) -> requests.Se
     session = requests.Session()
     session.auth = (user, password)
     session.verify = verify
+    # Else REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment would win over session.verify.
+    session.trust_env = False
     return session
 
 
@@ -198,7 +200,11 @@ def test_https_certificate_is_really_checked(tls_server: LockstepServer) -> None
 
 
 def test_plain_http_on_the_tls_port_gets_no_content(tls_server: LockstepServer) -> None:
-    response = requests.get(f"http://127.0.0.1:{tls_server.port}/healthz", timeout=10)
+    """cheroot hangs up (or answers 400): nothing is served in clear text."""
+    try:
+        response = requests.get(f"http://127.0.0.1:{tls_server.port}/healthz", timeout=10)
+    except requests.ConnectionError:
+        return
     assert response.status_code == 400
     assert "status" not in response.text
 
@@ -311,7 +317,7 @@ def test_iphone_profile_names_the_public_https_endpoint(proxied_server: Lockstep
 @pytest.mark.parametrize("which", ["server", "proxied_server"])
 @pytest.mark.parametrize("script_name", ["/evil", "evil", "/dav/x"])
 def test_client_x_script_name_does_not_change_hrefs(
-    request: pytest.FixtureRequest, which: str, script_name: str
+    request: pytest.FixtureRequest, backend: str, which: str, script_name: str
 ) -> None:
     target: LockstepServer = request.getfixturevalue(which)
     user, password = target.add_tech()
