@@ -106,6 +106,7 @@ class Collection(storage.BaseCollection):
             text=row.text,
             etag=row.etag,
             uid=row.uid,
+            name=_top_component_name(row.text),
             component_name=row.component_name,
             time_range=(row.range_start, row.range_end),
         )
@@ -178,6 +179,15 @@ class Collection(storage.BaseCollection):
             return token, store.changed_hrefs(session, row_id, old_revision)
 
         return self._read(query)
+
+
+def _top_component_name(text: str) -> Optional[str]:
+    """"VCALENDAR"/"VCARD" from the stored serialization's first line, as Radicale's
+    item cache keeps it; without it every PROPFIND would parse every item."""
+    first_line = text.split("\n", 1)[0].strip()
+    if first_line[:6].upper() != "BEGIN:" or not first_line[6:]:
+        return None  # Radicale parses the text when it needs the name
+    return first_line[6:].upper()
 
 
 def _parse_sync_token(token: str) -> tuple[int, int]:
