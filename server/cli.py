@@ -97,9 +97,10 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
             print(f"App password:  {credential.secret}   (shown once)")
     elif args.command == "token" and args.action == "create":
         credential = techs.create_token(database, args.name, args.scope)
-        print(f"Created {args.scope} token {credential.name}. Use it as CalDAV Basic auth")
-        print(f"(user name {credential.name}) or as a bearer token for /api/v1:")
-        print(credential.secret)
+        print(f"Created {args.scope} token {credential.name} (shown once).")
+        print(f"CalDAV Basic auth: user name {credential.name}, password {credential.secret}")
+        print("HTTP API: Authorization: Bearer <the token on the next line>")
+        print(f"{credential.name}.{credential.secret}")
     database.dispose()
     return 0
 

@@ -100,13 +100,18 @@ def load_config(
     config_path = config_file or env.get("LOCKSTEP_CONFIG")
     if config_path:
         with open(config_path, "rb") as handle:
-            file_values = tomllib.load(handle)
+            try:
+                file_values = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{config_path}: not valid TOML: {exc}") from exc
     unknown = set(file_values) - set(SCHEMA)
     if unknown:
         raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     values: dict[str, dict[str, Any]] = {}
     for section, options in SCHEMA.items():
         given = file_values.get(section, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"{section} must be a [{section}] section, not a single value")
         unknown_keys = set(given) - set(options)
         if unknown_keys:
             raise ValueError(f"unknown option(s) in [{section}]: {', '.join(sorted(unknown_keys))}")

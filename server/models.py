@@ -72,6 +72,7 @@ class DavItem(Base):
         UniqueConstraint("collection_id", "href", name="uq_dav_items_collection_href"),
         Index("ix_dav_items_collection_uid", "collection_id", "uid"),
         Index("ix_dav_items_collection_range", "collection_id", "range_start", "range_end"),
+        Index("ix_dav_items_uid", "uid"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -104,4 +105,50 @@ class DavChange(Base):
     href: Mapped[str] = mapped_column(String(512))
     uid: Mapped[str] = mapped_column(String(512))
     operation: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TechSettings(Base):
+    """Availability policy of a tech (one row per tech; defaults when absent)."""
+
+    __tablename__ = "tech_settings"
+
+    tech_id: Mapped[int] = mapped_column(ForeignKey("techs.id", ondelete="CASCADE"), primary_key=True)
+    tentative_blocks: Mapped[bool] = mapped_column(default=False)
+    allday: Mapped[str] = mapped_column(String(16), default="working_hours")
+    buffer_before_min: Mapped[int] = mapped_column(Integer, default=0)
+    buffer_after_min: Mapped[int] = mapped_column(Integer, default=0)
+    min_notice_min: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BusyInterval(Base):
+    """The busy index: UTC epoch seconds, at most one day per row (bounded scans)."""
+
+    __tablename__ = "busy_intervals"
+    __table_args__ = (
+        Index("ix_busy_tech_start", "tech", "start_utc"),
+        Index("ix_busy_item", "collection_id", "href"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tech: Mapped[str] = mapped_column(String(64))
+    collection_id: Mapped[int] = mapped_column(Integer)
+    href: Mapped[str] = mapped_column(String(512))
+    start_utc: Mapped[int] = mapped_column(BigInteger)
+    end_utc: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+
+
+class IdempotentResponse(Base):
+    """The first answer to a request carrying an Idempotency-Key, replayed on retries."""
+
+    __tablename__ = "idempotent_responses"
+    __table_args__ = (UniqueConstraint("token_name", "key", name="uq_idempotency_token_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_name: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from sqlalchemy import text
 
+from server.api.routes import create_api
 from server.db import Database
 
 
 def create_flask_app(database: Database, secret_key: str) -> Flask:
     app = Flask("lockstep")
     app.config.update(SECRET_KEY=secret_key, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.register_blueprint(create_api(database))
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
@@ -25,6 +28,10 @@ def create_flask_app(database: Database, secret_key: str) -> Flask:
     @app.errorhandler(404)
     def not_found(_error):  # type: ignore[no-untyped-def]
         return jsonify(error="not_found", message="No such endpoint."), 404
+
+    @app.errorhandler(500)
+    def server_error(_error):  # type: ignore[no-untyped-def]
+        return jsonify(error="internal_error", message="Something went wrong on the server; nothing was changed."), 500
 
     @app.errorhandler(405)
     def not_allowed(_error):  # type: ignore[no-untyped-def]

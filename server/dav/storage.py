@@ -300,9 +300,7 @@ class Storage(storage.BaseStorage):
             row = store.ensure_collection(session, sane_path)
             return self._collection(sane_path, row), {}, []
         existing = store.get_collection(session, sane_path)
-        old_items: dict[str, DavItem] = {}
-        if existing is not None:
-            old_items = {r.href: r for r in store.get_items(session, existing.id)}
+        old_hrefs = set(store.all_hrefs(session, existing.id)) if existing is not None else set()
         row = store.ensure_collection(session, sane_path, props)
         collection = self._collection(sane_path, row)
         replaced: dict[str, radicale_item.Item] = {}
@@ -313,12 +311,12 @@ class Storage(storage.BaseStorage):
             for item in items:
                 item_href = _free_href(item.uid, suffix, written)
                 written.add(item_href)
-                store.put_item(session, row, item_href, item_data(item))
-                if item_href in old_items:
-                    replaced[item_href] = collection._item(old_items[item_href])
+                _, old = store.put_item(session, row, item_href, item_data(item))
+                if old is not None:
+                    replaced[item_href] = collection._item(old)
                 else:
                     new_hrefs.append(item_href)
-        for stale in set(old_items) - written:
+        for stale in sorted(old_hrefs - written):
             store.delete_item(session, row, stale)
         return collection, replaced, new_hrefs
 
@@ -335,9 +333,15 @@ class Storage(storage.BaseStorage):
 
 
 def _free_href(uid: str, suffix: str, taken: set[str]) -> str:
-    candidate = uid if uid.lower().endswith(suffix) else uid + suffix
-    if pathutils.is_safe_filesystem_path_component(candidate) and candidate not in taken:
-        return candidate
+    """Radicale's choice for items of a whole-collection PUT: ``<uid><suffix>``, else
+    the UID's hash (stable, so re-uploading the same calendar keeps every href), else
+    a random name."""
+    for candidate in (
+        uid if uid.lower().endswith(suffix) else uid + suffix,
+        radicale_item.get_etag(uid).strip('"') + suffix,
+    ):
+        if pathutils.is_safe_filesystem_path_component(candidate) and candidate not in taken:
+            return candidate
     return radicale_item.find_available_uid(lambda h: h in taken, suffix)
 
 

@@ -9,12 +9,14 @@ together.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from server.freebusy import index as busy_index
 from server.models import DavChange, DavCollection, DavItem, utcnow
 
 OP_PUT = "put"
@@ -74,9 +76,13 @@ def ensure_collection(
 
 
 def set_props(session: Session, collection: DavCollection, props: Mapping[str, str]) -> None:
+    """New properties; a calendar that starts or stops counting as busy is re-indexed."""
+    blocked_before = busy_index.collection_blocks(collection)
     collection.props = json.dumps(dict(props), sort_keys=True)
     collection.modified_at = utcnow()
     session.flush()
+    if busy_index.collection_blocks(collection) != blocked_before:
+        busy_index.reindex_collection(session, collection)
 
 
 def get_items(
@@ -105,6 +111,10 @@ def items_in_range(
     return list(session.scalars(query.order_by(DavItem.href)))
 
 
+def items_by_uid(session: Session, uid: str) -> list[DavItem]:
+    return list(session.scalars(select(DavItem).where(DavItem.uid == uid)))
+
+
 def has_uid(session: Session, collection_id: int, uid: str) -> bool:
     query = select(DavItem.id).where(DavItem.collection_id == collection_id, DavItem.uid == uid)
     return session.scalar(query.limit(1)) is not None
@@ -130,6 +140,7 @@ def put_item(
     row.modified_at = utcnow()
     collection.modified_at = row.modified_at
     record_change(session, collection, href, data.uid, OP_PUT)
+    busy_index.reindex_item(session, collection, href, data.text, fallback=_span(data))
     return row, old
 
 
@@ -142,6 +153,7 @@ def delete_item(session: Session, collection: DavCollection, href: str) -> bool:
     session.delete(row)
     collection.modified_at = utcnow()
     record_change(session, collection, href, row.uid, OP_DELETE)
+    busy_index.reindex_item(session, collection, href, None)
     return True
 
 
@@ -163,6 +175,8 @@ def move_item(
     source.modified_at = target.modified_at = row.modified_at
     record_change(session, source, href, row.uid, OP_DELETE)
     record_change(session, target, to_href, row.uid, OP_PUT)
+    busy_index.reindex_item(session, source, href, None)
+    busy_index.reindex_item(session, target, to_href, row.text)
 
 
 def delete_collection_tree(session: Session, path: str) -> None:
@@ -178,6 +192,7 @@ def delete_collection_tree(session: Session, path: str) -> None:
         for item in get_items(session, collection.id):
             record_change(session, collection, item.href, item.uid, OP_DELETE)
         session.execute(delete(DavItem).where(DavItem.collection_id == collection.id))
+        busy_index.forget_collection(session, collection.id)
         session.delete(collection)
     session.flush()
 
@@ -216,6 +231,11 @@ def all_hrefs(session: Session, collection_id: int) -> list[str]:
     return list(session.scalars(query.order_by(DavItem.href)))
 
 
+def _span(data: ItemData) -> tuple[datetime, datetime]:
+    return (datetime.fromtimestamp(max(data.range_start, 0), timezone.utc),
+            datetime.fromtimestamp(min(data.range_end, 253402300799), timezone.utc))
+
+
 def _like_prefix(path: str) -> str:
     escaped = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "/%"
@@ -226,3 +246,18 @@ def _detached_copy(row: DavItem) -> DavItem:
         column.key: getattr(row, column.key) for column in DavItem.__table__.columns
     }
     return DavItem(**values)
+
+
+def item_data_from_text(text: str, collection_path: str) -> ItemData:
+    """Parse and check iCalendar text as Radicale would on PUT, for writers other than Radicale."""
+    import radicale.item as radicale_item
+    from radicale.config import DEFAULT_CONFIG_SCHEMA
+
+    limit = int(DEFAULT_CONFIG_SCHEMA["server"]["max_vevent_rrule_occurrence"]["value"])
+    components = radicale_item.read_components(text)
+    radicale_item.check_and_sanitize_items(components, tag="VCALENDAR", max_vevent_rrule_occurrence=limit)
+    item = radicale_item.Item(collection_path=collection_path, vobject_item=components[0])
+    item.prepare()
+    start, end = item.time_range
+    return ItemData(text=item.serialize(), uid=item.uid, etag=item.etag,
+                    component_name=item.component_name, range_start=start, range_end=end)

@@ -102,7 +102,8 @@ class LockstepServer:
     def create_token(self, name: str | None = None, scope: str = "bookings") -> tuple[str, str]:
         name = name or "app" + secrets.token_hex(4)
         output = self.cli("token", "create", name, "--scope", scope).stdout
-        return name, output.strip().splitlines()[-1]
+        bearer = output.strip().splitlines()[-1]
+        return name, bearer[len(name) + 1:]
 
     def start(self, *extra_args: str) -> LockstepServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,201 @@
+"""/api/v1: free/busy, availability, bookings, techs, health."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from functools import wraps
+from typing import Any, Callable
+
+from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import select
+
+from server import bookings
+from server.api.params import ParamError, minutes, text, time_range, timestamp
+from server.credentials import CredentialVerifier
+from server.db import Database
+from server.freebusy import index as busy_index
+from server.freebusy.availability import free_slots
+from server.freebusy.vfreebusy import vfreebusy
+from server.models import Tech
+from server.principals import KIND_TOKEN, SCOPE_BOOKINGS, TOKEN_SCOPES
+
+UTC = timezone.utc
+MAX_JSON_BYTES = 64 * 1024
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify(error=code, message=message, **extra), status
+
+
+def create_api(database: Database) -> Blueprint:
+    api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+    verifier = CredentialVerifier(database)
+
+    def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+            @wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                header = request.headers.get("Authorization", "")
+                if not header.lower().startswith("bearer "):
+                    return _unauthorized("send Authorization: Bearer <token from lockstep token create>")
+                name, _, secret = header[7:].strip().rpartition(".")
+                principal = verifier.verify(name, secret) if name and secret else None
+                if principal is None or principal.kind != KIND_TOKEN:
+                    return _unauthorized("the bearer token is not valid")
+                if TOKEN_SCOPES.index(principal.scope) < TOKEN_SCOPES.index(scope):
+                    return error(403, "forbidden", f"this token has scope {principal.scope!r}; {scope!r} is needed")
+                g.token = principal.name
+                return view(*args, **kwargs)
+            return wrapper
+        return decorate
+
+    @api.errorhandler(ParamError)
+    def bad_param(exc: ParamError):  # type: ignore[no-untyped-def]
+        return error(400, "invalid_parameter", str(exc), field=exc.field)
+
+    @api.errorhandler(bookings.BookingError)
+    def booking_refused(exc: bookings.BookingError):  # type: ignore[no-untyped-def]
+        extra = {"conflicts": [_span(s) for s in exc.conflicts]} if exc.code == "conflict" else {}
+        return error(exc.status, exc.code, exc.message, **extra)
+
+    @api.get("/freebusy")
+    @requires("freebusy")
+    def freebusy():  # type: ignore[no-untyped-def]
+        start, end = time_range(request.args.get("start"), request.args.get("end"))
+        techs = _tech_names()
+        answer: dict[str, Any] = {}
+        with database.read() as session:
+            for tech in techs:
+                policy = busy_index.policy_for(session, tech)
+                if policy is None:
+                    return error(404, "unknown_tech", f"no tech named {tech!r}", field="tech")
+                busy, tentative = busy_index.busy_for(session, tech, policy, start, end)
+                answer[tech] = {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
+                                "sync": {"state": "not_connected", "last_success": None}}
+        if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
+            body = vfreebusy(start, end, {t: (a["busy"], a["tentative"]) for t, a in answer.items()})
+            return Response(body, mimetype="text/calendar")
+        return jsonify(start=bookings.rfc3339(start), end=bookings.rfc3339(end), techs=answer)
+
+    @api.get("/availability")
+    @requires("freebusy")
+    def availability():  # type: ignore[no-untyped-def]
+        start, end = time_range(request.args.get("start"), request.args.get("end"))
+        duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
+        step = timedelta(minutes=minutes(request.args.get("step"), "step", default=15))
+        now = datetime.now(UTC)
+        answer: dict[str, Any] = {}
+        with database.read() as session:
+            for tech in _tech_names():
+                policy = busy_index.policy_for(session, tech)
+                if policy is None:
+                    return error(404, "unknown_tech", f"no tech named {tech!r}", field="tech")
+                margin = timedelta(minutes=policy.buffer_before_min + policy.buffer_after_min + 1)
+                busy, _ = busy_index.busy_for(session, tech, policy, start - margin, end + margin)
+                slots = free_slots(policy, busy, start, end, duration, step, now)
+                answer[tech] = {"slots": [_span(s) for s in slots]}
+        return jsonify(techs=answer)
+
+    @api.post("/bookings")
+    @requires(SCOPE_BOOKINGS)
+    def create_booking():  # type: ignore[no-untyped-def]
+        body = _json_body()
+        start, end = time_range(body.get("start"), body.get("end"))
+        tech = text(body, "tech", required=True, limit=64)
+        customer = body.get("customer") or {}
+        if not isinstance(customer, dict):
+            raise ParamError("customer", "must be an object with name, email, phone")
+        booking = bookings.BookingRequest(
+            tech=tech, start=start, end=end,
+            summary=text(body, "summary", required=True, limit=500),
+            description=text(body, "description", limit=8000),
+            location=text(body, "location", limit=500),
+            customer={k: text(customer, k, limit=320) for k in ("name", "email", "phone")},
+        )
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 200:
+            raise ParamError("Idempotency-Key", "at most 200 characters")
+        answer = bookings.create_booking(database, booking, token=g.token, idempotency_key=key)
+        return jsonify(answer.body), answer.status
+
+    @api.patch("/bookings/<uid>")
+    @requires(SCOPE_BOOKINGS)
+    def move_booking(uid: str):  # type: ignore[no-untyped-def]
+        body = _json_body()
+        tech = _booking_tech(uid)
+        changes: dict[str, Any] = {}
+        for field in ("start", "end"):
+            if field in body:
+                changes[field] = timestamp(body[field], field)
+        for field in ("summary", "description", "location"):
+            if field in body:
+                changes[field] = text(body, field, required=field == "summary")
+        answer = bookings.move_booking(database, tech, uid, changes)
+        return jsonify(answer.body), answer.status
+
+    @api.delete("/bookings/<uid>")
+    @requires(SCOPE_BOOKINGS)
+    def cancel_booking(uid: str):  # type: ignore[no-untyped-def]
+        bookings.cancel_booking(database, _booking_tech(uid), uid)
+        return "", 204
+
+    @api.get("/bookings/<uid>.ics")
+    @requires("freebusy")
+    def booking_ics(uid: str):  # type: ignore[no-untyped-def]
+        found = bookings.find_booking(database, uid)
+        if found is None:
+            return error(404, "unknown_booking", f"no booking {uid!r}")
+        return Response(found[1], mimetype="text/calendar",
+                        headers={"Content-Disposition": f'attachment; filename="{uid}.ics"'})
+
+    @api.get("/techs")
+    @requires("freebusy")
+    def techs():  # type: ignore[no-untyped-def]
+        with database.read() as session:
+            rows = session.scalars(select(Tech).order_by(Tech.username)).all()
+            return jsonify(techs=[{"user": t.username, "name": t.name, "timezone": t.timezone,
+                                   "working_hours": t.working_hours} for t in rows])
+
+    @api.get("/health")
+    @requires("freebusy")
+    def health():  # type: ignore[no-untyped-def]
+        with database.read() as session:
+            names = session.scalars(select(Tech.username).order_by(Tech.username)).all()
+        return jsonify(status="ok", techs={n: {"state": "not_connected", "last_success": None} for n in names})
+
+    def _booking_tech(uid: str) -> str:
+        found = bookings.find_booking(database, uid)
+        if found is None:
+            raise bookings.BookingError(404, "unknown_booking", f"no booking {uid!r}")
+        return found[0]
+
+    return api
+
+
+def _tech_names() -> list[str]:
+    names = request.args.getlist("tech")
+    if not names:
+        raise ParamError("tech", "name at least one tech (repeat tech= for several)")
+    if len(names) > 500:
+        raise ParamError("tech", "at most 500 techs per request")
+    return list(dict.fromkeys(names))
+
+
+def _json_body() -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise ParamError("body", f"at most {MAX_JSON_BYTES} bytes")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ParamError("body", "must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _span(span: tuple[datetime, datetime]) -> dict[str, str]:
+    return {"start": bookings.rfc3339(span[0]), "end": bookings.rfc3339(span[1])}
+
+
+def _unauthorized(message: str) -> tuple[Response, int]:
+    response, status = error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="Lockstep"'
+    return response, status
+

@@ -1,0 +1,34 @@
+"""RFC 5545 VFREEBUSY output: one component per tech (FBTYPE=BUSY / BUSY-TENTATIVE)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import icalendar
+
+UTC = timezone.utc
+
+
+def vfreebusy(start: datetime, end: datetime, techs: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]]) -> bytes:
+    calendar = icalendar.Calendar()
+    calendar.add("PRODID", "-//Lockstep//Free-Busy//EN")
+    calendar.add("VERSION", "2.0")
+    calendar.add("METHOD", "PUBLISH")
+    for tech, (busy, tentative) in techs.items():
+        component = icalendar.FreeBusy()
+        component.add("UID", str(uuid.uuid4()))
+        component.add("DTSTAMP", datetime.now(UTC))
+        component.add("DTSTART", start)
+        component.add("DTEND", end)
+        component.add("X-LOCKSTEP-TECH", tech)
+        for fbtype, spans in (("BUSY", busy), ("BUSY-TENTATIVE", tentative)):
+            for span in spans:
+                period = (_parse(span["start"]), _parse(span["end"]))
+                component.add("FREEBUSY", period, parameters={"FBTYPE": fbtype})
+        calendar.add_component(component)
+    return calendar.to_ical()
+
+
+def _parse(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
