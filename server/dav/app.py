@@ -18,6 +18,7 @@ import radicale
 from radicale import config as radicale_config
 
 from server.db import Database
+from server.dav import freebusy_report
 from server.dav.auth import Auth
 from server.dav.rights import Rights
 from server.dav.storage import Storage
@@ -65,6 +66,7 @@ def build_radicale(database: Database, *, auth_delay: float, max_body: int) -> W
         "lockstep",
         privileged=True,
     )
+    freebusy_report.install()
     radicale_logger = logging.getLogger("radicale")
     if _collector not in radicale_logger.handlers:
         radicale_logger.addHandler(_collector)

@@ -58,7 +58,7 @@ class Collection(storage.BaseCollection):
     def _session(self) -> Session:
         return self._storage.session
 
-    def _read(self, query: Callable[[Session], _T]) -> _T:
+    def read(self, query: Callable[[Session], _T]) -> _T:
         """Run ``query`` in the request's transaction, or in a short one of its own:
         Radicale renders some responses (PROPFIND) after releasing the lock."""
         session = self._storage.current_session
@@ -66,6 +66,11 @@ class Collection(storage.BaseCollection):
             return query(session)
         with self._storage.database.read() as own:
             return query(own)
+
+    @property
+    def row(self) -> DavCollection | None:
+        """The collection's database row (None for the root)."""
+        return self._row
 
     def _require_row(self) -> DavCollection:
         if self._row is None:
@@ -91,7 +96,7 @@ class Collection(storage.BaseCollection):
         if self._row is None:
             return '"root"'
         row_id = self._row.id
-        revision = self._read(lambda session: store.current_revision(session, row_id))
+        revision = self.read(lambda session: store.current_revision(session, row_id))
         digest = hashlib.sha256(
             f"{self._row.id}/{revision}/{self._row.props}".encode()
         ).hexdigest()
@@ -118,7 +123,7 @@ class Collection(storage.BaseCollection):
         if self._row is None:
             return [(href, None) for href in wanted]
         row_id = self._row.id
-        rows = self._read(lambda session: store.get_items(session, row_id, wanted))
+        rows = self.read(lambda session: store.get_items(session, row_id, wanted))
         found = {row.href: self._item(row) for row in rows}
         return [(href, found.get(href)) for href in wanted]
 
@@ -126,7 +131,7 @@ class Collection(storage.BaseCollection):
         if self._row is None:
             return []
         row_id = self._row.id
-        return [self._item(row) for row in self._read(lambda session: store.get_items(session, row_id))]
+        return [self._item(row) for row in self.read(lambda session: store.get_items(session, row_id))]
 
     def get_filtered(
         self, filters: Iterable[ET.Element]
@@ -136,7 +141,7 @@ class Collection(storage.BaseCollection):
             return
         tag, start, end, simple = radicale_filter.simplify_prefilters(filters, self.tag)
         row_id = self._row.id
-        rows = self._read(lambda session: store.items_in_range(session, row_id, tag, start, end))
+        rows = self.read(lambda session: store.items_in_range(session, row_id, tag, start, end))
         for row in rows:
             yield self._item(row), simple and (start <= row.range_start or row.range_end <= end)
 
@@ -144,7 +149,7 @@ class Collection(storage.BaseCollection):
         if self._row is None:
             return False
         row_id = self._row.id
-        return self._read(lambda session: store.has_uid(session, row_id, uid))
+        return self.read(lambda session: store.has_uid(session, row_id, uid))
 
     def upload(
         self, href: str, item: radicale_item.Item
@@ -178,7 +183,7 @@ class Collection(storage.BaseCollection):
                 return token, ()
             return token, store.changed_hrefs(session, row_id, old_revision)
 
-        return self._read(query)
+        return self.read(query)
 
 
 def _top_component_name(text: str) -> Optional[str]:

@@ -109,7 +109,7 @@ def forget_collection(session: Session, collection_id: int) -> None:
 
 def busy_for(
     session: Session, tech: str, policy: Policy, start: datetime, end: datetime,
-    ignore_href: str | None = None,
+    ignore_href: str | None = None, collection_id: int | None = None,
 ) -> tuple[list[Span], list[Span]]:
     """(blocking, non-blocking tentative) merged intervals of ``tech`` within [start, end)."""
     a, b = int(start.timestamp()), int(end.timestamp())
@@ -121,6 +121,8 @@ def busy_for(
     )
     if ignore_href is not None:
         query = query.where(BusyInterval.href != ignore_href)
+    if collection_id is not None:
+        query = query.where(BusyInterval.collection_id == collection_id)
     rows = session.execute(query).all()
     busy: list[Span] = []
     tentative: list[Span] = []
