@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tz", required=True, help="IANA time zone, e.g. America/Los_Angeles")
     add.add_argument("--hours", default="mon-fri 08:00-17:00", help='e.g. "mon-fri 08:00-17:00"')
     add.add_argument("--password", help="app password (default: generated and printed once)")
+    _policy_options(add)
+    update = tech.add_parser("update", help="change a tech's details or availability policy")
+    update.add_argument("username")
+    update.add_argument("--name")
+    update.add_argument("--email")
+    update.add_argument("--tz", help="IANA time zone")
+    update.add_argument("--hours", help='e.g. "mon-fri 08:00-12:00 13:00-17:00; sat 09:00-12:00"')
+    _policy_options(update)
     tech.add_parser("list", help="list techs")
     remove = tech.add_parser("remove", help="remove a tech and their calendars")
     remove.add_argument("username")
@@ -45,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--scope", choices=("freebusy", "bookings"), default="freebusy")
     return parser
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tentative-blocks", choices=("yes", "no"), help="tentative events block time (default no)")
+    parser.add_argument("--allday", choices=("working_hours", "whole_day"), help="what an all-day event blocks")
+    parser.add_argument("--buffer-before", type=int, metavar="MIN", help="minutes kept free before a booking")
+    parser.add_argument("--buffer-after", type=int, metavar="MIN", help="minutes kept free after a booking")
+    parser.add_argument("--min-notice", type=int, metavar="MIN", help="earliest bookable slot, minutes from now")
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.techs import Settings
+
+    blocks = None if args.tentative_blocks is None else args.tentative_blocks == "yes"
+    return Settings(tentative_blocks=blocks, allday=args.allday, buffer_before_min=args.buffer_before,
+                    buffer_after_min=args.buffer_after, min_notice_min=args.min_notice)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,10 +101,14 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
     if args.command == "tech" and args.action == "add":
         credential = techs.add_tech(
             database, args.username, name=args.name, email=args.email, tz=args.tz,
-            hours=args.hours, password=args.password,
+            hours=args.hours, password=args.password, settings=_settings(args),
         )
         print(f"Created tech {credential.name} ({args.name}).")
         _print_caldav_account(dav_url, credential.name, credential.secret, shown=not args.password)
+    elif args.command == "tech" and args.action == "update":
+        count = techs.update_tech(database, args.username, name=args.name, email=args.email, tz=args.tz,
+                                  hours=args.hours, settings=_settings(args))
+        print(f"Updated {args.username}; busy time of {count} calendar item(s) recomputed.")
     elif args.command == "tech" and args.action == "list":
         rows = techs.list_techs(database)
         if not rows:

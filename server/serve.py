@@ -12,6 +12,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from server.app import create_app
 from server.config import Config
+from server.freebusy.maintenance import start_maintenance
 
 log = logging.getLogger("lockstep.serve")
 
@@ -38,6 +39,8 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     if server_values["tls_cert"]:
         server.ssl_adapter = BuiltinSSLAdapter(server_values["tls_cert"], server_values["tls_key"])
     stop = threading.Event()
+    if not getattr(args, "no_workers", False):
+        start_maintenance(lockstep.database, stop)
 
     def _shutdown(signum: int, _frame: object) -> None:
         if stop.is_set():

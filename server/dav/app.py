@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import logging
 import threading
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ import radicale
 from radicale import config as radicale_config
 
 from server.db import Database
-from server.dav import freebusy_report
+from server.dav import freebusy_report, transp
 from server.dav.auth import Auth
 from server.dav.rights import Rights
 from server.dav.storage import Storage
@@ -98,6 +99,11 @@ class DavGuard:
             return _plain(
                 start_response, "411 Length Required", "Send a Content-Length header, not chunked."
             )
+        method = environ.get("REQUEST_METHOD", "").upper()
+        if method in ("PROPPATCH", "MKCALENDAR", "MKCOL") and size:
+            body_in = transp.rewrite_request(environ["wsgi.input"].read(size))
+            environ["wsgi.input"] = io.BytesIO(body_in)
+            environ["CONTENT_LENGTH"] = str(len(body_in))
         _request.reasons = []
         captured: dict[str, Any] = {}
 
@@ -112,6 +118,8 @@ class DavGuard:
             _request.reasons = None
         status: str = captured["status"]
         headers: list[tuple[str, str]] = captured["headers"]
+        if method == "PROPFIND" and status[:3] == "207":
+            body, headers = _rewrite_body(body, headers, transp.rewrite_response)
         if status[:1] == "4" and reasons and status[:3] != "401" and _is_generic(body, headers):
             body = (status[4:] + ": " + _public_reason(reasons[-1]) + "\n").encode()
             replaced = ("content-length", "content-type", "content-encoding")
@@ -119,6 +127,20 @@ class DavGuard:
             headers += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [body]
+
+
+def _rewrite_body(
+    body: bytes, headers: list[tuple[str, str]], rewrite: Callable[[bytes], bytes]
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """Apply ``rewrite`` to a possibly gzip-encoded body, fixing Content-Length."""
+    gzipped = any(k.lower() == "content-encoding" and v == "gzip" for k, v in headers)
+    plain = gzip.decompress(body) if gzipped else body
+    new = rewrite(plain)
+    if new is plain:
+        return body, headers
+    body = gzip.compress(new) if gzipped else new
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    return body, headers + [("Content-Length", str(len(body)))]
 
 
 def _is_generic(body: bytes, headers: list[tuple[str, str]]) -> bool:
