@@ -15,6 +15,10 @@ from pathlib import Path
 
 import requests
 
+from server import techs
+from server.config import normalize_database_url
+from server.db import Database
+
 PG_ENV = "LOCKSTEP_TEST_DATABASE_URL"
 
 
@@ -28,8 +32,6 @@ def free_port() -> int:
 def postgres_schema(base_url: str) -> Iterator[str]:
     """A fresh schema in the test database, dropped afterwards; yields a URL using it."""
     import sqlalchemy
-
-    from server.config import normalize_database_url
 
     url = normalize_database_url(base_url)
     schema = "lockstep_t_" + secrets.token_hex(6)
@@ -53,6 +55,7 @@ class LockstepServer:
     auth_delay: float = 0.3
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    _database: Database | None = None
     # "https" when started with --tls-cert/--tls-key; ``verify`` is what requests
     # checks the certificate against (a CA bundle path) while waiting for /healthz.
     scheme: str = "http"
@@ -92,18 +95,25 @@ class LockstepServer:
             raise AssertionError(f"lockstep {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
+    @property
+    def database(self) -> Database:
+        """The server's database, opened in the test process (the CLI's service functions)."""
+        if self._database is None:
+            self._database = Database(normalize_database_url(self.database_url))
+        return self._database
+
     def add_tech(self, username: str | None = None, password: str | None = None, tz: str = "America/Los_Angeles") -> tuple[str, str]:
+        """Same service call as ``lockstep tech add`` (tests of the command itself are in test_cli)."""
         username = username or "t" + secrets.token_hex(4)
         password = password or secrets.token_urlsafe(12)
-        self.cli("tech", "add", username, "--name", f"Tech {username}", "--email",
-                 f"{username}@example.com", "--tz", tz, f"--password={password}")
+        techs.add_tech(self.database, username, name=f"Tech {username}", email=f"{username}@example.com",
+                       tz=tz, password=password)
         return username, password
 
     def create_token(self, name: str | None = None, scope: str = "bookings") -> tuple[str, str]:
         name = name or "app" + secrets.token_hex(4)
-        output = self.cli("token", "create", name, "--scope", scope).stdout
-        bearer = output.strip().splitlines()[-1]
-        return name, bearer[len(name) + 1:]
+        credential = techs.create_token(self.database, name, scope)
+        return credential.name, credential.secret
 
     def start(self, *extra_args: str) -> LockstepServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +143,9 @@ class LockstepServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+        if self._database is not None:
+            self._database.dispose()
+            self._database = None
 
 
 @contextlib.contextmanager
