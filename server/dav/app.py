@@ -21,6 +21,7 @@ from radicale import config as radicale_config
 from server.db import Database
 from server.dav import freebusy_report, transp
 from server.dav.auth import Auth
+from server.dav.request_scope import request_scope
 from server.dav.rights import Rights
 from server.dav.storage import Storage
 
@@ -112,7 +113,8 @@ class DavGuard:
             return lambda data: None
 
         try:
-            body = b"".join(self._app(environ, capture))
+            with request_scope():
+                body = b"".join(self._app(environ, capture))
             reasons = list(_request.reasons)
         finally:
             _request.reasons = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from radicale import pathutils, rights
 
+from server.dav.request_scope import remembered
 from server.db import Database
 from server.principals import KIND_TECH, SCOPE_BOOKINGS, Principal, lookup_principal
 
@@ -42,9 +43,15 @@ class Rights(rights.BaseRights):
         if not user:
             return ""
         sane_path = pathutils.strip_path(path)
-        with self._database.read() as session:
-            principal = lookup_principal(session, user)
-            owner = sane_path.split("/", 1)[0]
-            home = lookup_principal(session, owner) if owner else None
+        owner = sane_path.split("/", 1)[0]
+        principal = self._principal(user)
+        home = self._principal(owner) if owner else None
         home_exists = home is not None and home.kind == KIND_TECH
         return permissions(principal, sane_path, home_exists)
+
+    def _principal(self, name: str) -> Principal | None:
+        def lookup() -> Principal | None:
+            with self._database.read() as session:
+                return lookup_principal(session, name)
+
+        return remembered(("principal", name), lookup)
