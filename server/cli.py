@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
 
+    commands.add_parser("worker", help="background workers only (scale-out; today: busy-index horizon)")
+
     tech = commands.add_parser("tech", help="manage techs").add_subparsers(dest="action", required=True)
     add = tech.add_parser("add", help="create a tech with a CalDAV home and a bookings calendar")
     add.add_argument("username")
@@ -86,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from server.serve import serve
 
             return serve(config, args)
+        if args.command == "worker":
+            from server.serve import run_workers
+
+            return run_workers(config)
         return _run_admin(config, args)
     except AdminError as exc:
         print(f"lockstep: {exc}", file=sys.stderr)

@@ -66,3 +66,25 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     finally:
         lockstep.database.dispose()
     return 0
+
+
+def run_workers(config: Config) -> int:
+    """``lockstep worker``: the background jobs without the web server, until SIGTERM."""
+    from server.app import open_database
+
+    database = open_database(config)
+    stop = threading.Event()
+
+    def _shutdown(signum: int, _frame: object) -> None:
+        log.info("signal %d: worker shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    log.info("Lockstep worker started (database %s)", "sqlite" if database.is_sqlite else "postgresql")
+    thread = start_maintenance(database, stop)
+    while not stop.wait(1):
+        pass
+    thread.join(timeout=10)
+    database.dispose()
+    return 0

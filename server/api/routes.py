@@ -53,6 +53,10 @@ def create_api(database: Database) -> Blueprint:
     def bad_param(exc: ParamError):  # type: ignore[no-untyped-def]
         return error(400, "invalid_parameter", str(exc), field=exc.field)
 
+    @api.errorhandler(UnknownTech)
+    def unknown_tech(exc: UnknownTech):  # type: ignore[no-untyped-def]
+        return error(404, "unknown_tech", f"no tech named {exc.args[0]!r}", field="tech")
+
     @api.errorhandler(bookings.BookingError)
     def booking_refused(exc: bookings.BookingError):  # type: ignore[no-untyped-def]
         extra = {"conflicts": [_span(s) for s in exc.conflicts]} if exc.code == "conflict" else {}
@@ -63,15 +67,14 @@ def create_api(database: Database) -> Blueprint:
     def freebusy():  # type: ignore[no-untyped-def]
         start, end = time_range(request.args.get("start"), request.args.get("end"))
         techs = _tech_names()
-        answer: dict[str, Any] = {}
         with database.read() as session:
-            for tech in techs:
-                policy = busy_index.policy_for(session, tech)
-                if policy is None:
-                    return error(404, "unknown_tech", f"no tech named {tech!r}", field="tech")
-                busy, tentative = busy_index.busy_for(session, tech, policy, start, end)
-                answer[tech] = {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
-                                "sync": {"state": "not_connected", "last_success": None}}
+            policies = _policies(session, techs)
+            spans = busy_index.busy_for_many(session, policies, start, end)
+        answer = {
+            tech: {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
+                   "sync": {"state": "not_connected", "last_success": None}}
+            for tech, (busy, tentative) in ((t, spans[t]) for t in techs)
+        }
         if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
             body = vfreebusy(start, end, {t: (a["busy"], a["tentative"]) for t, a in answer.items()})
             return Response(body, mimetype="text/calendar")
@@ -84,16 +87,16 @@ def create_api(database: Database) -> Blueprint:
         duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
         step = timedelta(minutes=minutes(request.args.get("step"), "step", default=15))
         now = datetime.now(UTC)
-        answer: dict[str, Any] = {}
+        techs = _tech_names()
         with database.read() as session:
-            for tech in _tech_names():
-                policy = busy_index.policy_for(session, tech)
-                if policy is None:
-                    return error(404, "unknown_tech", f"no tech named {tech!r}", field="tech")
-                margin = timedelta(minutes=policy.buffer_before_min + policy.buffer_after_min + 1)
-                busy, _ = busy_index.busy_for(session, tech, policy, start - margin, end + margin)
-                slots = free_slots(policy, busy, start, end, duration, step, now)
-                answer[tech] = {"slots": [_span(s) for s in slots]}
+            policies = _policies(session, techs)
+            margin = timedelta(minutes=max(p.buffer_before_min + p.buffer_after_min for p in policies.values()) + 1)
+            spans = busy_index.busy_for_many(session, policies, start - margin, end + margin)
+        answer = {
+            tech: {"slots": [_span(s) for s in free_slots(policies[tech], spans[tech][0], start, end,
+                                                         duration, step, now)]}
+            for tech in techs
+        }
         return jsonify(techs=answer)
 
     @api.post("/bookings")
@@ -170,6 +173,18 @@ def create_api(database: Database) -> Blueprint:
         return found[0]
 
     return api
+
+
+def _policies(session: Any, techs: list[str]) -> dict[str, Any]:
+    policies = busy_index.policies_for(session, techs)
+    unknown = [t for t in techs if t not in policies]
+    if unknown:
+        raise UnknownTech(unknown[0])
+    return policies
+
+
+class UnknownTech(LookupError):
+    pass
 
 
 def _tech_names() -> list[str]:

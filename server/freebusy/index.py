@@ -31,10 +31,20 @@ def horizon(now: datetime | None = None) -> Span:
 
 
 def policy_for(session: Session, username: str) -> Policy | None:
-    tech = session.scalar(select(Tech).where(Tech.username == username))
-    if tech is None:
-        return None
-    settings = session.get(TechSettings, tech.id) or TechSettings()
+    return policies_for(session, [username]).get(username)
+
+
+def policies_for(session: Session, usernames: list[str]) -> dict[str, Policy]:
+    """Policies of the named techs that exist, in one query."""
+    rows = session.execute(
+        select(Tech, TechSettings)
+        .outerjoin(TechSettings, TechSettings.tech_id == Tech.id)
+        .where(Tech.username.in_(usernames))
+    ).all()
+    return {tech.username: _policy(tech, settings or TechSettings()) for tech, settings in rows}
+
+
+def _policy(tech: Tech, settings: TechSettings) -> Policy:
     return Policy(
         timezone=tech.timezone,
         working_hours=parse_working_hours(tech.working_hours),
@@ -112,9 +122,17 @@ def busy_for(
     ignore_href: str | None = None, collection_id: int | None = None,
 ) -> tuple[list[Span], list[Span]]:
     """(blocking, non-blocking tentative) merged intervals of ``tech`` within [start, end)."""
+    return busy_for_many(session, {tech: policy}, start, end, ignore_href, collection_id)[tech]
+
+
+def busy_for_many(
+    session: Session, policies: dict[str, Policy], start: datetime, end: datetime,
+    ignore_href: str | None = None, collection_id: int | None = None,
+) -> dict[str, tuple[list[Span], list[Span]]]:
+    """One range scan for many techs; each tech's intervals merged under its own policy."""
     a, b = int(start.timestamp()), int(end.timestamp())
-    query = select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind).where(
-        BusyInterval.tech == tech,
+    query = select(BusyInterval.tech, BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind).where(
+        BusyInterval.tech.in_(list(policies)),
         BusyInterval.start_utc > a - DAY,
         BusyInterval.start_utc < b,
         BusyInterval.end_utc > a,
@@ -123,16 +141,15 @@ def busy_for(
         query = query.where(BusyInterval.href != ignore_href)
     if collection_id is not None:
         query = query.where(BusyInterval.collection_id == collection_id)
-    rows = session.execute(query).all()
-    busy: list[Span] = []
-    tentative: list[Span] = []
-    for row_start, row_end, kind in rows:
+    spans: dict[str, tuple[list[Span], list[Span]]] = {tech: ([], []) for tech in policies}
+    for tech, row_start, row_end, kind in session.execute(query):
+        busy, tentative = spans[tech]
         span = (_dt(max(row_start, a)), _dt(min(row_end, b)))
-        if kind == BUSY or (kind == TENTATIVE and policy.tentative_blocks):
+        if kind == BUSY or (kind == TENTATIVE and policies[tech].tentative_blocks):
             busy.append(span)
         else:
             tentative.append(span)
-    return merge(busy), merge(tentative)
+    return {tech: (merge(busy), merge(tentative)) for tech, (busy, tentative) in spans.items()}
 
 
 def _item_range(item: DavItem) -> Span:
