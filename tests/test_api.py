@@ -203,3 +203,32 @@ def test_idempotency_move_and_cancel(server: LockstepServer, api: Api, tech: tup
     assert api.delete(f"/bookings/{uid}").status_code == 404
     busy = api.get("/freebusy", tech=user, start="2026-12-02T00:00:00Z", end="2026-12-03T00:00:00Z").json()
     assert busy["techs"][user]["busy"] == [{"start": "2026-12-02T19:00:00Z", "end": "2026-12-02T20:00:00Z"}]
+
+
+def test_allday_pto_blocks_local_working_hours_only(server: LockstepServer, api: Api) -> None:
+    user, password = server.add_tech(tz="America/Los_Angeles")
+    pto = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:pto\r\nDTSTAMP:20261101T000000Z\r\n"
+           "DTSTART;VALUE=DATE:20261201\r\nDTEND;VALUE=DATE:20261202\r\nSUMMARY:PTO\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    assert _dav(server, (user, password)).put(f"{server.dav_url}{user}/bookings/pto.ics", data=pto).status_code == 201
+    busy = api.get("/freebusy", tech=user, start="2026-11-30T00:00:00Z", end="2026-12-03T00:00:00Z").json()
+    # Tuesday 08:00-17:00 in Los Angeles (PST, UTC-8), not a UTC midnight-to-midnight slot.
+    assert busy["techs"][user]["busy"] == [{"start": "2026-12-01T16:00:00Z", "end": "2026-12-02T01:00:00Z"}]
+    # An evening slot that day is still bookable; a morning one is not.
+    assert _book(api, user, "2026-12-02T02:00:00Z", "2026-12-02T03:00:00Z").status_code == 201
+    assert _book(api, user, "2026-12-01T17:00:00Z", "2026-12-01T18:00:00Z").status_code == 409
+
+
+def test_minimum_notice_hides_slots_too_soon(server: LockstepServer, api: Api) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    user, _ = server.add_tech(tz="UTC")
+    server.cli("tech", "update", user, "--hours", "mon-sun 00:00-24:00", "--min-notice", "180")
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    start, end = now, now + timedelta(hours=8)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    slots = api.get("/availability", tech=user, start=start.strftime(fmt), end=end.strftime(fmt),
+                    duration=60, step=60).json()["techs"][user]["slots"]
+    assert slots, "some slots later in the window"
+    earliest = datetime.strptime(slots[0]["start"], fmt).replace(tzinfo=timezone.utc)
+    assert earliest >= now + timedelta(minutes=180)
+    assert earliest < now + timedelta(minutes=180 + 60)
