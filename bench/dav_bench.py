@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import requests
 
@@ -301,12 +302,12 @@ class Client:
 
 
 # --------------------------------------------------------------------------------------
-# The run on one server.
+# One server under test, and what the run learned about it.
 # --------------------------------------------------------------------------------------
 @dataclass
 class OpResult:
     samples_ms: list[float] = field(default_factory=list)
-    items: int | None = None  # responses counted in the last checked reply
+    items: int | None = None  # responses counted in a checked reply
 
     @property
     def median(self) -> float:
@@ -315,12 +316,15 @@ class OpResult:
     @property
     def p95(self) -> float:
         ordered = sorted(self.samples_ms)
-        return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))]
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 @dataclass
-class ServerResult:
+class Target:
+    key: str  # "stock", "sqlite", "postgresql"
     name: str
+    client: Client
+    pid: int
     load_seconds: float = 0.0
     load_puts: int = 0  # events loaded by individual PUTs
     load_first_ms: float = 0.0  # median latency of the first --stock-tail PUTs of the load
@@ -328,6 +332,9 @@ class ServerResult:
     import_seconds: float = 0.0  # whole-collection PUT of the first `imported` events
     imported: int = 0
     ops: dict[str, OpResult] = field(default_factory=dict)
+    etags: dict[str, str] = field(default_factory=dict)
+    hrefs: list[str] = field(default_factory=list)
+    uids: dict[str, str] = field(default_factory=dict)
 
 
 OPERATIONS = [
@@ -340,190 +347,186 @@ OPERATIONS = [
     ("put_update", "PUT update (If-Match)"),
 ]
 
+RunOnce = Callable[[int], tuple[requests.Response, float]]
+
+
+def log(who: str, message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {who}: {message}", flush=True)
+
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, events: list[tuple[str, str]], deadline: float) -> None:
+    def __init__(self, args: argparse.Namespace, events: list[tuple[str, str]]) -> None:
         self.args = args
         self.events = events
-        self.deadline = deadline
 
-    def log(self, server: str, message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {server}: {message}", flush=True)
-
-    def run(self, name: str, calendar_url: str, on_measure: Callable[[], contextlib.AbstractContextManager[None]],
-            import_first: int = 0) -> ServerResult:
-        result = ServerResult(name)
-        client = Client(calendar_url, self.deadline)
-        try:
-            self._setup(name, client)
-            self._load(name, client, result, import_first)
-            with on_measure():
-                self._measure(name, client, result)
-        finally:
-            client.close()
-        return result
-
-    def _setup(self, name: str, client: Client) -> None:
-        # First authenticated request: Lockstep verifies argon2 once and caches the login,
-        # stock Radicale reads its htpasswd; a few more warm both up.
+    # -- setup and load, one server at a time ------------------------------------------
+    def prepare(self, target: Target, import_first: int = 0) -> None:
+        client = target.client
+        # First authenticated requests: Lockstep verifies argon2 once and caches the
+        # login, stock Radicale reads its htpasswd; both create the principal home.
         for _ in range(3):
             client.request("PROPFIND", client.calendar_url.rsplit("/", 2)[0] + "/",
                            PROPFIND_BODY, {**XML_HEADERS, "Depth": "0"}, expect=(207,))
         client.request("MKCALENDAR", client.calendar_url, MKCALENDAR_BODY, XML_HEADERS, expect=(201,))
+        with py_spy(target, "load", self.args):
+            self._load(target, import_first)
 
-    def _load(self, name: str, client: Client, result: ServerResult, import_first: int = 0) -> None:
-        """PUT every event (If-None-Match: *), timed; with ``import_first`` the first that
+    def _load(self, target: Target, import_first: int) -> None:
+        """PUT every event (If-None-Match: *), timed. With ``import_first`` the first that
         many events go in first as ONE whole-collection PUT (Radicale's import), so that
-        stock Radicale's O(n)-per-PUT load stays within the time budget."""
-        total = len(self.events)
-        self.etags: dict[str, str] = {}
-        self.hrefs: list[str] = []
-        self.texts: dict[str, str] = {}
+        stock Radicale's O(collection)-per-PUT load fits the time budget."""
+        client, total = target.client, len(self.events)
         latencies: list[float] = []
         started = time.perf_counter()
         if import_first:
             _, seconds = client.request("PUT", client.calendar_url, merged_calendar(self.events[:import_first]),
                                         ICS_HEADERS, expect=(201,))
-            result.import_seconds = seconds
-            result.imported = import_first
+            target.import_seconds, target.imported = seconds, import_first
             response, _ = client.request("PROPFIND", client.calendar_url, PROPFIND_BODY,
                                          {**XML_HEADERS, "Depth": "1"}, expect=(207,))
             names = [(unquote(href.rsplit("/", 1)[-1]), etag) for href, etag in etags_of(response.content)]
-            hrefs_by_uid = {name.removesuffix(".ics"): (name, etag) for name, etag in names}
+            by_uid = {name.removesuffix(".ics"): (name, etag) for name, etag in names}
             for uid, _text in self.events[:import_first]:
-                href, etag = hrefs_by_uid[uid]
-                self.etags[href] = etag
-                self.hrefs.append(href)
-                self.texts[href] = uid
-            self.log(name, f"imported {import_first} events in one PUT, {seconds:.1f}s; "
-                     f"PUT of the remaining {total - import_first} one by one")
+                href, etag = by_uid[uid]
+                target.etags[href], target.uids[href] = etag, uid
+                target.hrefs.append(href)
+            log(target.key, f"imported {import_first} events in one PUT, {seconds:.1f}s; "
+                f"PUT of the remaining {total - import_first} one by one")
         last_report = time.perf_counter()
         headers = {**ICS_HEADERS, "If-None-Match": "*"}
         for index, (uid, text) in enumerate(self.events[import_first:], import_first + 1):
             href = f"{uid}.ics"
             response, seconds = client.request("PUT", client.item_url(href), text, headers, expect=(201,))
             latencies.append(seconds * 1000)
-            self.etags[href] = response.headers["ETag"]
-            self.hrefs.append(href)
-            self.texts[href] = uid
+            target.etags[href], target.uids[href] = response.headers["ETag"], uid
+            target.hrefs.append(href)
             now = time.perf_counter()
             if index % self.args.progress_every == 0 or index == total or now - last_report > 15:
                 last_report = now
                 recent = latencies[-self.args.progress_every:]
-                self.log(name, f"loaded {index}/{total} events, {now - started:.1f}s, "
-                         f"recent PUT median {statistics.median(recent):.1f} ms")
-        result.load_seconds = time.perf_counter() - started
-        result.load_puts = len(latencies)
+                log(target.key, f"loaded {index}/{total} events, {now - started:.1f}s, "
+                    f"recent PUT median {statistics.median(recent):.1f} ms")
+        target.load_seconds = time.perf_counter() - started
+        target.load_puts = len(latencies)
         tail = min(len(latencies), self.args.stock_tail)
-        result.load_first_ms = statistics.median(latencies[:tail])
-        result.load_last_ms = statistics.median(latencies[-tail:])
+        target.load_first_ms = statistics.median(latencies[:tail])
+        target.load_last_ms = statistics.median(latencies[-tail:])
 
-    def _measure(self, name: str, client: Client, result: ServerResult) -> None:
-        args = self.args
-        rng_new = random.Random(args.seed + 1)
+    # -- the operations, as closures over one target's own state -------------------------
+    def operations(self, target: Target) -> dict[str, tuple[RunOnce, Callable[[bytes], int] | None]]:
+        """Every target gets identically seeded generators, so each sees the same requests."""
+        args, client = self.args, target.client
         calendar = client.calendar_url
-        new_counter = iter(range(10**9))
-
-        def timed(op: str, run_once: Callable[[int, bool], tuple[requests.Response | None, float]],
-                  check: Callable[[bytes], int] | None = None) -> None:
-            res = OpResult()
-            op_started = time.monotonic()
-            for i in range(args.warmup + args.repeat):
-                warm = i < args.warmup
-                response, seconds = run_once(i, warm)
-                if check is not None and response is not None and (warm or i == args.warmup + args.repeat - 1):
-                    res.items = check(response.content)
-                if not warm:
-                    res.samples_ms.append(seconds * 1000)
-                    if (len(res.samples_ms) >= args.min_repeat
-                            and time.monotonic() - op_started > args.op_seconds):
-                        break
-            result.ops[op] = res
-            self.log(name, f"{op}: n={len(res.samples_ms)} median {res.median:.2f} ms, "
-                     f"p95 {res.p95:.2f} ms" + (f", {res.items} responses" if res.items is not None else ""))
-
-        # Read-only operations first, on exactly the loaded calendar.
-        timed("propfind_depth1",
-              lambda i, w: client.request("PROPFIND", calendar, PROPFIND_BODY,
-                                          {**XML_HEADERS, "Depth": "1"}, expect=(207,)),
-              count_responses)
-
+        base_path = urlparse(calendar).path
         rng_multi = random.Random(args.seed + 2)
-        base_path = requests.utils.urlparse(calendar).path
-        timed("multiget_100",
-              lambda i, w: client.request(
-                  "REPORT", calendar,
-                  multiget_body([base_path + h for h in rng_multi.sample(self.hrefs, 100)]),
-                  {**XML_HEADERS, "Depth": "1"}, expect=(207,)),
-              count_responses)
-
+        rng_sync = random.Random(args.seed + 3)
+        rng_update = random.Random(args.seed + 4)
+        rng_new = random.Random(args.seed + 1)
         week0 = datetime(ANCHOR.year, ANCHOR.month, ANCHOR.day, tzinfo=timezone.utc)
+        state = {"token": None, "new": 0}
+        depth1 = {**XML_HEADERS, "Depth": "1"}
 
-        def query(i: int, warm: bool) -> tuple[requests.Response, float]:
+        def propfind(i: int) -> tuple[requests.Response, float]:
+            return client.request("PROPFIND", calendar, PROPFIND_BODY, depth1, expect=(207,))
+
+        def multiget(i: int) -> tuple[requests.Response, float]:
+            hrefs = [base_path + h for h in rng_multi.sample(target.hrefs, 100)]
+            return client.request("REPORT", calendar, multiget_body(hrefs), depth1, expect=(207,))
+
+        def query(i: int) -> tuple[requests.Response, float]:
             start = week0 + timedelta(weeks=(i % 8) - 4)
             return client.request("REPORT", calendar, query_body(start, start + timedelta(days=7)),
-                                  {**XML_HEADERS, "Depth": "1"}, expect=(207,))
+                                  depth1, expect=(207,))
 
-        if not args.skip_query:
-            timed("query_week", query, count_responses)
+        def sync_initial(i: int) -> tuple[requests.Response, float]:
+            return client.request("REPORT", calendar, sync_body(""), XML_HEADERS, expect=(207,))
 
-        timed("sync_initial",
-              lambda i, w: client.request("REPORT", calendar, sync_body(""), XML_HEADERS, expect=(207,)),
-              count_responses)
-
-        # Incremental sync: 10 untimed If-Match updates, then the timed sync from the old token.
-        rng_sync = random.Random(args.seed + 3)
-        state = {"token": sync_token_of(
-            client.request("REPORT", calendar, sync_body(""), XML_HEADERS, expect=(207,))[0].content)}
-
-        def incremental(i: int, warm: bool) -> tuple[requests.Response, float]:
-            for href in rng_sync.sample(self.hrefs, 10):
-                self._update(client, href, rng_sync)
+        def sync_incremental(i: int) -> tuple[requests.Response, float]:
+            if state["token"] is None:
+                state["token"] = sync_token_of(sync_initial(i)[0].content)
+            for href in rng_sync.sample(target.hrefs, 10):  # untimed: the 10 changes
+                self._update(target, href, rng_sync)
             response, seconds = client.request("REPORT", calendar, sync_body(state["token"]),
                                                XML_HEADERS, expect=(207,))
             state["token"] = sync_token_of(response.content)
             return response, seconds
 
-        timed("sync_incremental", incremental, count_responses)
-
-        def put_new(i: int, warm: bool) -> tuple[requests.Response, float]:
-            uid, text = make_event(rng_new, 10_000_000 + next(new_counter))
+        def put_new(i: int) -> tuple[requests.Response, float]:
+            state["new"] += 1
+            uid, text = make_event(rng_new, 10_000_000 + state["new"])
             href = f"{uid}.ics"
             response, seconds = client.request("PUT", client.item_url(href), text,
                                                {**ICS_HEADERS, "If-None-Match": "*"}, expect=(201,))
-            self.etags[href] = response.headers["ETag"]
+            target.etags[href], target.uids[href] = response.headers["ETag"], uid
             return response, seconds
 
-        timed("put_new", put_new)
+        def put_update(i: int) -> tuple[requests.Response, float]:
+            return self._update(target, rng_update.choice(target.hrefs), rng_update)
 
-        rng_update = random.Random(args.seed + 4)
-        timed("put_update",
-              lambda i, w: self._update(client, rng_update.choice(self.hrefs), rng_update))
+        return {
+            "propfind_depth1": (propfind, count_responses),
+            "multiget_100": (multiget, count_responses),
+            "query_week": (query, count_responses),
+            "sync_initial": (sync_initial, count_responses),
+            "sync_incremental": (sync_incremental, count_responses),
+            "put_new": (put_new, None),
+            "put_update": (put_update, None),
+        }
 
-    def _update(self, client: Client, href: str, rng: random.Random) -> tuple[requests.Response, float]:
-        uid = self.texts[href]
-        _, text = make_event(rng, rng.randint(0, 10**6), uid=uid, sequence=1,
+    def _update(self, target: Target, href: str, rng: random.Random) -> tuple[requests.Response, float]:
+        _, text = make_event(rng, rng.randint(0, 10**6), uid=target.uids[href], sequence=1,
                              summary_suffix=" (rescheduled)")
-        response, seconds = client.request(
-            "PUT", client.item_url(href), text, {**ICS_HEADERS, "If-Match": self.etags[href]},
-            expect=(200, 201, 204))
-        self.etags[href] = response.headers["ETag"]
+        response, seconds = target.client.request(
+            "PUT", target.client.item_url(href), text,
+            {**ICS_HEADERS, "If-Match": target.etags[href]}, expect=(200, 201, 204))
+        target.etags[href] = response.headers["ETag"]
         return response, seconds
+
+    # -- measurement: round-robin over the servers, so background noise hits all alike ----
+    def measure(self, targets: list[Target]) -> None:
+        args = self.args
+        ops = {t.key: self.operations(t) for t in targets}
+        with contextlib.ExitStack() as spies:
+            for target in targets:
+                spies.enter_context(py_spy(target, "measure", args))
+            for op, _label in OPERATIONS:
+                if op == "query_week" and args.skip_query:
+                    continue
+                results = {t.key: t.ops.setdefault(op, OpResult()) for t in targets}
+                started = time.monotonic()
+                budget = args.op_seconds * len(targets)
+                for i in range(args.warmup + args.repeat):
+                    warm = i < args.warmup
+                    order = targets if i % 2 == 0 else targets[::-1]
+                    for target in order:
+                        run_once, check = ops[target.key][op]
+                        response, seconds = run_once(i)
+                        if check is not None and (warm or i == args.warmup + args.repeat - 1):
+                            results[target.key].items = check(response.content)
+                        if not warm:
+                            results[target.key].samples_ms.append(seconds * 1000)
+                    done = i + 1 - args.warmup
+                    if done >= args.min_repeat and time.monotonic() - started > budget:
+                        break
+                log("measure", f"{op}: " + "; ".join(
+                    f"{t.key} median {results[t.key].median:.1f} ms p95 {results[t.key].p95:.1f} ms"
+                    for t in targets) + f" (n={len(results[targets[0].key].samples_ms)})")
 
 
 # --------------------------------------------------------------------------------------
 # Servers, profiling, cleanup.
 # --------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path, enabled: bool) -> Iterator[None]:
-    """Sample ``pid`` with py-spy while the block runs (collapsed stacks into ``out``)."""
-    exe = shutil.which("py-spy") if enabled else None
-    if enabled and exe is None:
-        print("py-spy not on PATH: no profile", flush=True)
+def py_spy(target: Target, phase: str, args: argparse.Namespace) -> Iterator[None]:
+    """With --py-spy: sample the server with py-spy while the block runs (collapsed stacks)."""
+    exe = shutil.which("py-spy") if args.py_spy else None
+    if args.py_spy and exe is None:
+        log(target.key, "py-spy not on PATH: no profile")
     if exe is None:
         yield
         return
-    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+    out = args.profile_dir / f"py-spy-{target.key}-{phase}.txt"
+    proc = subprocess.Popen([exe, "record", "--pid", str(target.pid), "--format", "raw", "--rate", "100",
                              "--nonblocking", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -536,29 +539,31 @@ def py_spy(pid: int, out: Path, enabled: bool) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        print(f"py-spy profile: {out}", flush=True)
+        log(target.key, f"py-spy profile of the {phase} phase: {out}")
 
 
-def run_stock(bench: Bench, work: Path) -> ServerResult:
-    with start_stock_radicale(work / "stock", {USER: PASSWORD}) as stock:
-        bench.log("stock", f"Radicale 3.9 (multifilesystem) on {stock.url}")
-        import_first = 0 if bench.args.stock_load == "put" else len(bench.events) - bench.args.stock_tail
-        result = bench.run("stock", f"{stock.url}{USER}/{CALENDAR}/", contextlib.nullcontext, import_first)
-        result.name = "stock Radicale 3.9"
-        return result
+def start_stock(stack: contextlib.ExitStack, bench: Bench, work: Path, deadline: float) -> Target:
+    stock = stack.enter_context(start_stock_radicale(work / "stock", {USER: PASSWORD}))
+    log("stock", f"Radicale 3.9 (multifilesystem, htpasswd plain) on {stock.url}")
+    client = Client(f"{stock.url}{USER}/{CALENDAR}/", deadline)
+    stack.callback(client.close)
+    target = Target("stock", "stock Radicale 3.9", client, stock.process.pid)
+    import_first = 0 if bench.args.stock_load == "put" else len(bench.events) - bench.args.stock_tail
+    bench.prepare(target, import_first)
+    return target
 
 
-def run_lockstep(bench: Bench, work: Path, backend: str, out_dir: Path | None) -> ServerResult:
-    with running_server(work / f"lockstep-{backend}", backend) as server:
-        server.add_tech(USER, PASSWORD)
-        bench.log(backend, f"lockstep serve ({backend}) on {server.url}")
-        assert server.process is not None
-        pid = server.process.pid
-        profile = (out_dir or work) / f"py-spy-{backend}.txt"
-        result = bench.run(backend, f"{server.dav_url}{USER}/{CALENDAR}/",
-                           lambda: py_spy(pid, profile, bench.args.py_spy))
-        result.name = f"Lockstep {backend}"
-        return result
+def start_lockstep(stack: contextlib.ExitStack, bench: Bench, work: Path, backend: str,
+                   deadline: float) -> Target:
+    server = stack.enter_context(running_server(work / f"lockstep-{backend}", backend))
+    server.add_tech(USER, PASSWORD)
+    log(backend, f"lockstep serve ({backend}) on {server.url}")
+    assert server.process is not None
+    client = Client(f"{server.dav_url}{USER}/{CALENDAR}/", deadline)
+    stack.callback(client.close)
+    target = Target(backend, f"Lockstep {backend}", client, server.process.pid)
+    bench.prepare(target)
+    return target
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -568,24 +573,20 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 # --------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------
-def markdown(results: list[ServerResult], args: argparse.Namespace) -> str:
-    stock = results[0]
-    others = results[1:]
+def markdown(targets: list[Target], args: argparse.Namespace) -> str:
+    stock, others = targets[0], targets[1:]
     head = ["operation", "stock median", "stock p95"]
-    for r in others:
-        short = r.name.replace("Lockstep ", "")
-        head += [f"{short} median", f"{short} p95", f"{short}/stock median (p95)"]
+    for t in others:
+        head += [f"{t.key} median", f"{t.key} p95", f"{t.key}/stock median (p95)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for op, label in OPERATIONS:
         if op not in stock.ops:
             continue
         s = stock.ops[op]
-        n = len(s.samples_ms)
-        row = [f"{label} (n={n})", f"{s.median:.1f}", f"{s.p95:.1f}"]
-        for r in others:
-            o = r.ops[op]
-            row += [f"{o.median:.1f}", f"{o.p95:.1f}",
-                    f"**{o.median / s.median:.2f}** ({o.p95 / s.p95:.2f})"]
+        row = [f"{label} (n={len(s.samples_ms)})", f"{s.median:.1f}", f"{s.p95:.1f}"]
+        for t in others:
+            o = t.ops[op]
+            row += [f"{o.median:.1f}", f"{o.p95:.1f}", f"**{o.median / s.median:.2f}** ({o.p95 / s.p95:.2f})"]
         lines.append("| " + " | ".join(row) + " |")
     k = args.stock_tail
     full = stock.imported == 0
@@ -593,75 +594,77 @@ def markdown(results: list[ServerResult], args: argparse.Namespace) -> str:
            f"{stock.load_seconds:.1f}" if full else
            f"n/a: {stock.imported} imported in 1 PUT ({stock.import_seconds:.1f} s) + {stock.load_puts} PUTs "
            f"({stock.load_seconds - stock.import_seconds:.1f} s)", ""]
-    for r in others:
-        row += [f"{r.load_seconds:.1f}", "", f"**{r.load_seconds / stock.load_seconds:.2f}**" if full else "n/a"]
+    for t in others:
+        row += [f"{t.load_seconds:.1f}", "", f"**{t.load_seconds / stock.load_seconds:.2f}**" if full else "n/a"]
     lines.append("| " + " | ".join(row) + " |")
     if full:
         row = [f"bulk load: median of the first {k} PUTs (near-empty calendar)", f"{stock.load_first_ms:.1f}", ""]
-        for r in others:
-            row += [f"{r.load_first_ms:.1f}", "", f"{r.load_first_ms / stock.load_first_ms:.2f}"]
+        for t in others:
+            row += [f"{t.load_first_ms:.1f}", "", f"{t.load_first_ms / stock.load_first_ms:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     row = [f"bulk load: median of the last {k} PUTs (calendar ~{args.events - k // 2} items)",
            f"{stock.load_last_ms:.1f}", ""]
-    for r in others:
-        row += [f"{r.load_last_ms:.1f}", "", f"**{r.load_last_ms / stock.load_last_ms:.2f}**"]
+    for t in others:
+        row += [f"{t.load_last_ms:.1f}", "", f"**{t.load_last_ms / stock.load_last_ms:.2f}**"]
     lines.append("| " + " | ".join(row) + " |")
-    counts = ["responses per reply (stock / " + " / ".join(r.name for r in others) + "): "]
-    for op, _label in OPERATIONS:
-        if op in stock.ops and stock.ops[op].items is not None:
-            counts.append(f"{op} " + "/".join(str(r.ops[op].items) for r in results))
-    return "\n".join(lines) + "\n\nLatencies in ms; ratio = Lockstep / stock, lower is better.\n" + \
-        counts[0] + "; ".join(counts[1:]) + "\n"
+    counts = [f"{op} " + "/".join(str(t.ops[op].items) for t in targets)
+              for op, _ in OPERATIONS if op in stock.ops and stock.ops[op].items is not None]
+    return ("\n".join(lines) + "\n\nLatencies in ms; ratio = Lockstep / stock, lower is better.\n"
+            f"Responses per reply ({' / '.join(t.key for t in targets)}): " + "; ".join(counts) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--events", type=int, default=5000, help="events loaded into each calendar")
-    parser.add_argument("--repeat", type=int, default=30, help="timed repetitions per operation")
+    parser.add_argument("--repeat", type=int, default=30, help="timed repetitions per operation (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--min-repeat", type=int, default=10,
-                        help="an operation stops after --op-seconds once it has this many samples")
-    parser.add_argument("--op-seconds", type=float, default=20.0,
+                        help="an operation may stop early, after its time budget, once it has this many")
+    parser.add_argument("--op-seconds", type=float, default=15.0,
                         help="soft time budget per operation and server")
     parser.add_argument("--backends", default="sqlite,postgresql",
                         help=f"comma-separated Lockstep backends (postgresql needs ${PG_ENV})")
     parser.add_argument("--stock-load", choices=("mixed", "put"), default="mixed",
-                        help="put: load stock Radicale with one PUT per event like Lockstep (its PUT is "
-                             "O(collection size), ~20 min for 5000 events); mixed (default): import all "
-                             "but the last --stock-tail events in one whole-collection PUT, then PUT the "
-                             "rest one by one")
+                        help="put: load stock Radicale with one PUT per event like Lockstep (its PUT of a "
+                             "new item is O(collection size): ~20 min for 5000 events); mixed (default): "
+                             "import all but the last --stock-tail events in one whole-collection PUT, "
+                             "then PUT the rest one by one")
     parser.add_argument("--stock-tail", type=int, default=100,
                         help="PUTs whose latency is compared at the start / end of each load")
-    parser.add_argument("--skip-stock", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-query", action="store_true", help="skip the calendar-query")
     parser.add_argument("--seed", type=int, default=20260105)
     parser.add_argument("--progress-every", type=int, default=500)
-    parser.add_argument("--deadline", type=float, default=1200.0, help="abort the whole run after this many seconds")
-    parser.add_argument("--json", type=Path, help="also write raw samples here")
+    parser.add_argument("--deadline", type=float, default=1200.0,
+                        help="abort (stopping every server) after this many seconds")
+    parser.add_argument("--json", type=Path, help="also write the raw samples here")
     parser.add_argument("--py-spy", action="store_true",
-                        help="sample each Lockstep server with py-spy during the measurements")
+                        help="sample every server with py-spy (on PATH) while loading and measuring")
+    parser.add_argument("--profile-dir", type=Path, default=Path("."), help="where --py-spy writes")
     parser.add_argument("--workdir", type=Path, help="keep server data here instead of a temp dir")
     args = parser.parse_args(argv)
-    args.min_repeat = min(args.min_repeat, args.repeat)
+    args.min_repeat = max(1, min(args.min_repeat, args.repeat))
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in backends:
         if backend not in ("sqlite", "postgresql"):
             parser.error(f"unknown backend {backend!r}")
         if backend == "postgresql" and not os.environ.get(PG_ENV):
             parser.error(f"backend postgresql needs {PG_ENV}, e.g. postgresql://postgres@127.0.0.1:5432/test")
-    if args.events < 200:
-        parser.error("--events must be at least 200")
+    if args.events < max(200, args.stock_tail + 100):
+        parser.error("--events must be at least 200 and exceed --stock-tail by 100")
+    if args.py_spy:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     began = time.monotonic()
     deadline = began + args.deadline
-    print(f"# dav_bench: {args.events} events, repeat {args.repeat} (+{args.warmup} warm-up), "
-          f"backends {backends}; nproc {os.cpu_count()}, Python {platform.python_version()}", flush=True)
+    print(f"# dav_bench: {args.events} events, repeat {args.repeat} (+{args.warmup} warm-up), backends "
+          f"{','.join(backends)}; nproc {os.cpu_count()}, Python {platform.python_version()}, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     events = make_events(args.events, args.seed)
     print(f"# generated {len(events)} events, {sum(len(t) for _, t in events) / len(events):.0f} bytes "
-          f"average", flush=True)
-    bench = Bench(args, events, deadline)
-    results: list[ServerResult] = []
+          f"on average", flush=True)
+    bench = Bench(args, events)
+    targets: list[Target] = []
     with contextlib.ExitStack() as stack:
         if args.workdir:
             work = args.workdir
@@ -669,31 +672,36 @@ def main(argv: list[str] | None = None) -> int:
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dav-bench-")))
         try:
-            if not args.skip_stock:
-                results.append(run_stock(bench, work))
+            targets.append(start_stock(stack, bench, work, deadline))
             for backend in backends:
-                results.append(run_lockstep(bench, work, backend, args.json.parent if args.json else None))
+                targets.append(start_lockstep(stack, bench, work, backend, deadline))
+            log("measure", "all servers loaded; measuring round-robin: "
+                + ", ".join(f"{t.key} pid {t.pid}" for t in targets))
+            bench.measure(targets)
         except KeyboardInterrupt:
-            print("\ninterrupted: servers stopped", file=sys.stderr)
+            print("\ninterrupted: stopping every server", file=sys.stderr, flush=True)
             return 130
         except BenchTimeout:
-            print(f"\nstopped: --deadline {args.deadline:.0f}s reached; servers stopped", file=sys.stderr)
+            print(f"\n--deadline {args.deadline:.0f}s reached: stopping every server", file=sys.stderr, flush=True)
             return 3
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     total = time.monotonic() - began
     if args.json:
         args.json.write_text(json.dumps({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "nproc": os.cpu_count(), "python": platform.python_version(), "total_seconds": total,
-            "servers": [{"name": r.name, "load_seconds": r.load_seconds, "load_first_ms": r.load_first_ms,
-                         "load_last_ms": r.load_last_ms, "load_puts": r.load_puts,
-                         "import_seconds": r.import_seconds, "imported": r.imported,
-                         "ops": {k: {"samples_ms": v.samples_ms, "items": v.items} for k, v in r.ops.items()}}
-                        for r in results],
+            "servers": [{"key": t.key, "name": t.name, "load_seconds": t.load_seconds, "load_puts": t.load_puts,
+                         "load_first_ms": t.load_first_ms, "load_last_ms": t.load_last_ms,
+                         "import_seconds": t.import_seconds, "imported": t.imported,
+                         "ops": {k: {"samples_ms": v.samples_ms, "items": v.items} for k, v in t.ops.items()}}
+                        for t in targets],
         }, indent=1))
-    if not args.skip_stock and len(results) > 1:
+    if len(targets) > 1:
         print()
-        print(markdown(results, args))
-    print(f"total runtime {total:.0f} s", flush=True)
+        print(markdown(targets, args))
+    print(f"total runtime {total:.0f} s (load average now "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
     return 0
 
 

@@ -73,6 +73,8 @@ class Database:
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
         with self.engine.begin() as connection:
+            if not self.is_sqlite:  # several nodes may start at once on a new database
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key("migrate")})
             config = alembic_config(self.url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

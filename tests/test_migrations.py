@@ -1,0 +1,48 @@
+"""Schema migrations: applied at start, safe when several nodes start at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from server.db import Database
+from tests.support.lockstep_server import PG_ENV, postgres_schema
+
+
+def test_nodes_starting_together_on_an_empty_postgresql_database(tmp_path: Path) -> None:
+    if not os.environ.get(PG_ENV):
+        pytest.skip(f"{PG_ENV} not set")
+    with postgres_schema(os.environ[PG_ENV]) as url:
+        env = {**os.environ, "LOCKSTEP_DATABASE_URL": url}
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "server.cli", "--data", str(tmp_path / f"n{n}"), "tech", "list"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n in range(4)
+        ]
+        results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in processes]
+        assert [code for code, _ in results] == [0, 0, 0, 0], results
+        database = Database(url)
+        try:
+            assert {"techs", "dav_items", "dav_changes", "busy_intervals"} <= set(inspect(database.engine).get_table_names())
+        finally:
+            database.dispose()
+
+
+def test_migrations_downgrade_and_upgrade_cleanly(tmp_path: Path) -> None:
+    from alembic import command
+
+    from server.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    database = Database(url)
+    database.migrate()
+    command.downgrade(alembic_config(url), "base")
+    assert "techs" not in inspect(database.engine).get_table_names()
+    database.migrate()
+    assert "busy_intervals" in inspect(database.engine).get_table_names()
+    database.dispose()
