@@ -7,11 +7,8 @@ from typing import Any
 
 from server.providers.base import Provider
 
-_REGISTRY = {
-    "google": "server.providers.google:GoogleProvider",
-    "microsoft": "server.providers.microsoft:MicrosoftProvider",
-    "caldav": "server.providers.caldav:CalDAVProvider",
-}
+# name -> "module:Class"; providers are added here as they are built (google, microsoft, caldav).
+_REGISTRY: dict[str, str] = {}
 
 
 def provider_class(name: str) -> type[Provider]:
