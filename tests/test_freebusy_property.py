@@ -26,7 +26,7 @@ TECH = frozenset({"tech@example.com"})
 
 
 def _show(spans: list[tuple[datetime, datetime]]) -> list[str]:
-    return [f"{start:%Y-%m-%d %H:%M}Z–{end:%Y-%m-%d %H:%M}Z" for start, end in spans]
+    return [f"{start:%Y-%m-%d %H:%M:%S}Z–{end:%Y-%m-%d %H:%M:%S}Z" for start, end in spans]
 
 
 # --------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def check_against_reference(scenario: Scenario) -> None:
     )
     for kind in (BUSY, TENTATIVE):
         actual = merge((interval.start, interval.end) for interval in got if interval.kind == kind)
-        assert _show(actual) == _show(expected[kind]), kind
+        assert _show(actual) == _show(expected[kind]), f"{kind}: intervals_for ≠ reference"
 
 
 # --------------------------------------------------------------------------
@@ -205,3 +205,51 @@ def test_weekly_9am_stays_at_9_local_across_dst(name: str) -> None:
     for start, end, starts in windows:
         got = _run(f"weekly_9am_across_dst_{name}.ics", policy, start, end)
         assert got == [Interval(s, s.replace(hour=s.hour + 1), BUSY) for s in starts], (start, end)
+
+
+# --------------------------------------------------------------------------
+# Events that contain the moment the clocks change (RFC 5545 3.3.5, 3.3.6, 3.8.5.3)
+# --------------------------------------------------------------------------
+
+
+def test_duration_is_exact_time_across_spring_forward() -> None:
+    # DURATION:PT4H is an exact duration: 23:00 PST (07:00Z) + 4 h = 11:00Z
+    # (04:00 PDT) — not 03:00 PDT, which would leave the last hour bookable.
+    policy = Policy.simple("America/Los_Angeles", emails=TECH)
+    assert _run("overnight_duration_across_spring_forward.ics", policy, _utc(2026, 3, 1), _utc(2026, 3, 20)) == [
+        Interval(_utc(2026, 3, 8, 7), _utc(2026, 3, 8, 11), BUSY),
+    ]
+
+
+def test_dtend_series_instances_keep_the_exact_length_across_spring_forward() -> None:
+    # DTSTART/DTEND 23:00–03:00 (4 h exact); RFC 5545 3.8.5.3: "the same exact
+    # duration will apply to all the members of the generated recurrence set".
+    policy = Policy.simple("America/Los_Angeles", emails=TECH)
+    assert _run("nightly_dtend_series_across_spring_forward.ics", policy, _utc(2026, 3, 1), _utc(2026, 3, 20)) == [
+        Interval(_utc(2026, 3, 7, 7), _utc(2026, 3, 7, 11), BUSY),
+        Interval(_utc(2026, 3, 8, 7), _utc(2026, 3, 8, 11), BUSY),
+        Interval(_utc(2026, 3, 9, 6), _utc(2026, 3, 9, 10), BUSY),
+    ]
+
+
+def test_custom_vtimezone_time_in_the_spring_forward_gap_uses_the_offset_before_the_gap() -> None:
+    # DTEND 02:30 does not exist on 2026-03-08 in LA; RFC 5545 3.3.5: read it
+    # with the offset before the gap (UTC-8) → 10:30Z (= 03:30 PDT).  The zone
+    # comes from an Outlook-style VTIMEZONE with a non-IANA TZID, not zoneinfo.
+    policy = Policy.simple("America/Los_Angeles", emails=TECH)
+    assert _run("outlook_night_shift_ending_in_dst_gap.ics", policy, _utc(2026, 3, 1), _utc(2026, 3, 20)) == [
+        Interval(_utc(2026, 3, 8, 6), _utc(2026, 3, 8, 10, 30), BUSY),
+    ]
+
+
+def test_each_object_uses_its_own_vtimezone_for_a_shared_tzid() -> None:
+    # Outlook writes non-standard zones as TZID "Customized Time Zone"; two
+    # senders, two different definitions.  The result must not depend on which
+    # object was parsed first in the process.
+    policy = Policy.simple("America/Los_Angeles", emails=TECH)
+    expected = {
+        "customized_time_zone_berlin.ics": Interval(_utc(2026, 6, 15, 7), _utc(2026, 6, 15, 8), BUSY),  # CEST
+        "customized_time_zone_pacific.ics": Interval(_utc(2026, 6, 15, 16), _utc(2026, 6, 15, 17), BUSY),  # PDT
+    }
+    for name in [*expected, *reversed(expected)]:
+        assert _run(name, policy, _utc(2026, 6, 1), _utc(2026, 7, 1)) == [expected[name]], name

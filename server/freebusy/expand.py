@@ -11,15 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
 
 import icalendar
 import recurring_ical_events
+from dateutil.tz import datetime_exists, resolve_imaginary
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from server.freebusy.policy import ALLDAY_WHOLE_DAY, Policy
 
 BUSY = "busy"
 TENTATIVE = "tentative"
 UTC = timezone.utc
+_IANA = frozenset(available_timezones())
 Span = tuple[datetime, datetime]
 
 
@@ -30,13 +34,41 @@ class Interval:
     kind: str
 
 
+_TIME_PROPERTIES = ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE")
+
+
 def parse_calendar(text: str) -> icalendar.Calendar:
-    return icalendar.Calendar.from_ical(text)
+    """Parse, binding every TZID to the VTIMEZONE of *this* object.
+
+    icalendar caches the first VTIMEZONE it ever sees for a non-IANA TZID
+    process-wide ("Customized Time Zone", "Pacific Standard Time", ...), so
+    without this one calendar's definition leaks into every later one.
+    """
+    calendar = icalendar.Calendar.from_ical(text)
+    own = {
+        str(vtz["TZID"]): vtz.to_tz(lookup_tzid=False)
+        for vtz in calendar.walk("VTIMEZONE")
+        if "TZID" in vtz and str(vtz["TZID"]) not in _IANA
+    }
+    for component in calendar.walk("VEVENT"):
+        for name in _TIME_PROPERTIES:
+            values = component.get(name)
+            if values is None:
+                continue
+            for value in values if isinstance(values, list) else [values]:
+                for item in getattr(value, "dts", [value]):
+                    tzid = item.params.get("TZID") or value.params.get("TZID")
+                    if tzid and tzid not in own and tzid not in _IANA and tzid in WINDOWS_TO_OLSON:
+                        own[tzid] = ZoneInfo(WINDOWS_TO_OLSON[tzid])  # never another object's VTIMEZONE
+                    if tzid in own and isinstance(item.dt, datetime):
+                        item.dt = item.dt.replace(tzinfo=own[tzid])
+    return calendar
 
 
 def intervals_for(text: str, policy: Policy, window_start: datetime, window_end: datetime) -> list[Interval]:
     """Blocking (busy) and non-blocking (tentative) time of every VEVENT occurrence."""
     calendar = parse_calendar(text)
+    sources = _sources(calendar, policy)
     # A day of slack each side: all-day and floating instances are compared by
     # the library before we place them in the tech's zone.
     occurrences = recurring_ical_events.of(calendar, components=["VEVENT"]).between(
@@ -47,7 +79,7 @@ def intervals_for(text: str, policy: Policy, window_start: datetime, window_end:
         kind = occurrence_kind(event, policy)
         if kind is None:
             continue
-        for start, end in occurrence_spans(event, policy):
+        for start, end in occurrence_spans(event, policy, sources):
             start, end = max(start, window_start), min(end, window_end)
             if start < end:
                 out.append(Interval(start, end, kind))
@@ -84,7 +116,43 @@ def own_partstat(event: Any, policy: Policy) -> str | None:
     return None
 
 
-def occurrence_spans(event: Any, policy: Policy) -> list[tuple[datetime, datetime]]:
+def _key(value: Any, policy: Policy) -> Any:
+    return to_utc(value, policy) if isinstance(value, datetime) else value
+
+
+def _sources(calendar: icalendar.Calendar, policy: Policy) -> dict[tuple[str, Any], Any]:
+    """(UID, RECURRENCE-ID or None) → the VEVENT as written."""
+    out = {}
+    for component in calendar.walk("VEVENT"):
+        rid = component.get("RECURRENCE-ID")
+        out[(str(component.get("UID", "")), None if rid is None else _key(rid.dt, policy))] = component
+    return out
+
+
+def _source_of(event: Any, sources: dict[tuple[str, Any], Any], policy: Policy) -> Any:
+    uid = str(event.get("UID", ""))
+    rid = event.get("RECURRENCE-ID")
+    if rid is not None and (uid, _key(rid.dt, policy)) in sources:
+        return sources[(uid, _key(rid.dt, policy))]
+    return sources.get((uid, None), event)
+
+
+def timed_end(start_value: datetime, source: Any, policy: Policy) -> datetime:
+    """RFC 5545: DTEND → every instance lasts the exact time DTSTART→DTEND of its
+    component; DURATION → nominal days in local time, then exact seconds."""
+    start = to_utc(start_value, policy)
+    if "DURATION" in source:
+        length = source["DURATION"].dt
+        days = timedelta(days=length.days)
+        return to_utc(start_value + days, policy) + (length - days)
+    if "DTEND" in source and isinstance(source["DTEND"].dt, datetime) and isinstance(source["DTSTART"].dt, datetime):
+        return start + (to_utc(source["DTEND"].dt, policy) - to_utc(source["DTSTART"].dt, policy))
+    return start
+
+
+def occurrence_spans(
+    event: Any, policy: Policy, sources: dict[tuple[str, Any], Any] | None = None
+) -> list[Span]:
     start_value = event["DTSTART"].dt
     end_value = event["DTEND"].dt if "DTEND" in event else None
     if not isinstance(start_value, datetime):  # all-day
@@ -94,7 +162,9 @@ def occurrence_spans(event: Any, policy: Policy) -> list[tuple[datetime, datetim
             last = first + _duration(event, default=timedelta(days=1))
         return allday_spans(first, last, policy)
     start = to_utc(start_value, policy)
-    if end_value is not None:
+    if sources is not None:
+        end = timed_end(start_value, _source_of(event, sources, policy), policy)
+    elif end_value is not None:
         end = to_utc(end_value if isinstance(end_value, datetime) else datetime.combine(end_value, time()), policy)
     else:
         end = start + _duration(event, default=timedelta(0))
@@ -126,6 +196,8 @@ def to_utc(value: datetime, policy: Policy) -> datetime:
     """Aware times convert; floating times are the tech's local time."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=policy.zone)
+    if not datetime_exists(value):  # RFC 5545 3.3.5: the offset before the gap
+        value = resolve_imaginary(value)
     return value.astimezone(UTC)
 
 

@@ -25,6 +25,9 @@ class Policy:
     buffer_after_min: int = 0
     min_notice_min: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "emails", frozenset(e.lower() for e in self.emails))
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -400,8 +400,8 @@ def _timed_span(event: EventSpec, instance: Instance, tech_zone: str) -> Span:
         end = _instant(instance.start + timedelta(days=days), zone) + timedelta(seconds=seconds)
     else:
         # DTEND: every instance lasts exactly as long as its component's DTSTART→DTEND
-        exact = _instant(instance.anchor_start + instance.anchor_length, zone) - _instant(instance.anchor_start, zone)
-        end = start + exact
+        anchor_end = instance.anchor_start + instance.anchor_length
+        end = start + (_instant(anchor_end, zone) - _instant(instance.anchor_start, zone))
     return start, end
 
 
@@ -415,7 +415,8 @@ def _allday_spans(first: date, days: int, tech_zone: str, working_hours: dict, a
                         _instant(datetime.combine(day + timedelta(days=1), time()), zone)))
         else:
             for begin, finish in working_hours[day.weekday()]:
-                out.append((_instant(datetime.combine(day, begin), zone), _instant(datetime.combine(day, finish), zone)))
+                out.append((_instant(datetime.combine(day, begin), zone),
+                            _instant(datetime.combine(day, finish), zone)))
     return out
 
 

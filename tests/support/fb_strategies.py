@@ -7,8 +7,8 @@ iCalendar text and computes the expected time from the description.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from datetime import date, datetime, time, timedelta
+from functools import cache
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du
@@ -45,6 +45,16 @@ def dst_change_days(zone_name: str, years: tuple[int, ...] = (2026, 2027)) -> li
     return out
 
 
+@cache
+def change_instant(zone_name: str, day: date) -> datetime:
+    """The UTC instant at which ``zone_name`` changes its offset on local ``day``."""
+    zone = ZoneInfo(zone_name)
+    instant = datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+    offset = instant.astimezone(zone).utcoffset()
+    while instant.astimezone(zone).utcoffset() == offset:
+        instant += timedelta(minutes=15)
+    return instant
+
 
 # Times of day: ordinary ones, and ones right at the DST changes of the three
 # zones (02:00-03:00 is missing or doubled in LA/Berlin, 02:00-02:30 /
@@ -63,7 +73,9 @@ timed_lengths = st.sampled_from([
     timedelta(hours=8), timedelta(hours=23), timedelta(days=1), timedelta(hours=25),
     timedelta(days=2, hours=1),
 ])
-partstats = st.sampled_from([None, None, "ACCEPTED", "DECLINED", "TENTATIVE", "NEEDS-ACTION", "DEFAULT", "DELEGATED"])
+partstats = st.sampled_from(
+    [None, None, "ACCEPTED", "DECLINED", "TENTATIVE", "NEEDS-ACTION", "DEFAULT", "DELEGATED"]
+)
 
 
 @dataclass(frozen=True)
@@ -128,8 +140,13 @@ def _before_until(candidate: datetime | date, rule: Rule, frame: str, tzid: str 
 
 
 @st.composite
-def rules(draw: st.DrawFn, start: datetime | date, frame: str, tzid: str | None, weekly: bool | None = None) -> Rule:
-    freq = "WEEKLY" if weekly else draw(st.sampled_from(["DAILY", "WEEKLY"])) if weekly is None else "DAILY"
+def rules(
+    draw: st.DrawFn, start: datetime | date, frame: str, tzid: str | None, weekly: bool | None = None
+) -> Rule:
+    if weekly is None:
+        freq = draw(st.sampled_from(["DAILY", "WEEKLY"]))
+    else:
+        freq = "WEEKLY" if weekly else "DAILY"
     interval = draw(st.sampled_from([1, 1, 1, 2, 3]))
     byday: tuple[str, ...] = ()
     if freq == "WEEKLY" and draw(st.integers(0, 3)) == 0:
@@ -165,10 +182,15 @@ def event_specs(
     """One event near ``anchor`` (a DST change day of ``anchor_zone``)."""
     shape = shape or draw(st.sampled_from([
         "timed", "timed", "timed_series", "timed_series", "weekly_moved_cancelled",
-        "floating", "utc", "allday", "allday_multi", "allday_series",
+        "floating", "utc", "allday", "allday_multi", "allday_series", "across_change", "across_change",
     ]))
+    weekly: bool | None = True if shape == "weekly_moved_cancelled" else None
     if shape in ("allday", "allday_multi", "allday_series"):
         frame, tzid = "date", None
+    elif shape == "across_change":
+        # An instance that contains the very moment the clocks change.
+        floating = draw(st.integers(0, 3)) == 0
+        frame, tzid = ("floating", None) if floating else ("tz", anchor_zone)
     elif shape == "floating":
         frame, tzid = "floating", None
     elif shape == "utc":
@@ -176,10 +198,19 @@ def event_specs(
     else:
         frame, tzid = "tz", draw(st.sampled_from([anchor_zone, anchor_zone, *ZONES]))
     series = shape in ("timed_series", "weekly_moved_cancelled", "allday_series") or (
-        shape in ("floating", "utc") and draw(st.booleans())
+        shape in ("floating", "utc", "across_change") and draw(st.booleans())
     )
-    if draw(st.booleans()):  # right at the change
-        first_day = anchor + timedelta(days=draw(st.integers(-1, 1)) - (7 * draw(st.integers(0, 3)) if series else 0))
+    if shape == "across_change":
+        before = timedelta(minutes=15 * draw(st.integers(1, 6 * 4)))
+        zone = ZoneInfo(anchor_zone)
+        start_wall = (change_instant(anchor_zone, anchor) - before).astimezone(zone).replace(tzinfo=None)
+        if series:
+            weekly = draw(st.booleans())
+            start_wall -= timedelta(days=(7 if weekly else 1) * draw(st.integers(0, 3)))
+        first_day = start_wall.date()
+    elif draw(st.booleans()):  # right at the change
+        weeks_back = 7 * draw(st.integers(0, 3)) if series else 0
+        first_day = anchor + timedelta(days=draw(st.integers(-1, 1)) - weeks_back)
     else:
         first_day = anchor + timedelta(days=draw(st.integers(-28 if series else -6, 6)))
 
@@ -190,6 +221,9 @@ def event_specs(
             length = timedelta(days=1)
         else:
             length = timedelta(days=draw(st.integers(1 if series else 2, 4)))
+    elif shape == "across_change":
+        start = start_wall
+        length = draw(timed_lengths.filter(lambda length: length > before) | timed_lengths)
     else:
         start = datetime.combine(first_day, draw(times_of_day))
         length = draw(timed_lengths)
@@ -200,17 +234,16 @@ def event_specs(
     rdates: list = []
     overrides: list[Override] = []
     if series:
-        rule = draw(rules(start, frame, tzid, weekly=True if shape == "weekly_moved_cancelled" else None))
+        rule = draw(rules(start, frame, tzid, weekly=weekly))
         candidates = [c for c in _first_instances(start, rule) if _before_until(c, rule, frame, tzid)]
         step = timedelta(days=1)
         if shape == "weekly_moved_cancelled" and len(candidates) >= 2:
             moved, cancelled = draw(st.lists(st.sampled_from(candidates), min_size=2, max_size=2, unique=True))
             new_start = moved + step * draw(st.integers(-2, 2))
-            if frame != "date":
-                new_start = datetime.combine(new_start.date(), draw(times_of_day))
             if frame == "date":
                 new_length = draw(st.none() | st.integers(1, 3).map(lambda days: timedelta(days=days)))
             else:
+                new_start = datetime.combine(new_start.date(), draw(times_of_day))
                 new_length = draw(st.none() | timed_lengths)
             overrides.append(Override(moved, start=new_start, length=new_length))
             overrides.append(Override(cancelled, cancelled=True))
@@ -276,6 +309,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     count = draw(st.integers(1, 4))
     events = tuple(draw(event_specs(f"event-{index}@lockstep.test", anchor, anchor_zone)) for index in range(count))
     midnight = datetime.combine(anchor, time(), tzinfo=UTC)
-    window_start = midnight + timedelta(minutes=15 * draw(st.integers(-10 * 96, 2 * 96)))
-    window_end = window_start + timedelta(minutes=15 * draw(st.integers(4 * 6, 21 * 96)))
+    quarters = st.integers(0, 10 * 96).map(lambda n: timedelta(minutes=15 * n))
+    if draw(st.integers(0, 3)):  # usually the whole change day in every zone, and more
+        window_start = midnight - timedelta(hours=15) - draw(quarters)
+        window_end = midnight + timedelta(hours=39) + draw(quarters)
+    else:  # anywhere nearby, possibly short and cutting through events
+        window_start = midnight + timedelta(minutes=15 * draw(st.integers(-10 * 96, 2 * 96)))
+        window_end = window_start + timedelta(minutes=15 * draw(st.integers(4 * 6, 21 * 96)))
     return Scenario(events, policy, hours_spec, window_start, window_end)
