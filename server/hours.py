@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import date, datetime, time, timedelta, tzinfo
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 WorkingHours = dict[int, list[tuple[time, time]]]
+END_OF_DAY = time.max  # "24:00": the range runs to the next local midnight
+
+
+def local_bounds(day: date, start: time, end: time, zone: tzinfo) -> tuple[datetime, datetime]:
+    """A working range on a local date as aware datetimes (24:00 is the next midnight)."""
+    begin = datetime.combine(day, start, tzinfo=zone)
+    if end == END_OF_DAY:
+        return begin, datetime.combine(day + timedelta(days=1), time(0, 0), tzinfo=zone)
+    return begin, datetime.combine(day, end, tzinfo=zone)
 
 
 def parse_working_hours(spec: str) -> WorkingHours:
@@ -52,10 +61,9 @@ def _range(word: str) -> tuple[time, time]:
     if not match:
         raise ValueError(f"{word!r}: times look like 08:00-17:00")
     h1, m1, h2, m2 = (int(g) for g in match.groups())
-    if h2 == 24 and m2 == 0:
-        h2, m2 = 23, 59
     try:
-        start, end = time(h1, m1), time(h2, m2)
+        start = time(h1, m1)
+        end = END_OF_DAY if (h2, m2) == (24, 0) else time(h2, m2)
     except ValueError:
         raise ValueError(f"{word!r}: not a valid time of day") from None
     if end <= start:

@@ -6,6 +6,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from server.freebusy.expand import Span
 from server.freebusy.policy import Policy
+from server.hours import local_bounds
 
 UTC = timezone.utc
 
@@ -19,8 +20,8 @@ def working_spans(policy: Policy, start: datetime, end: datetime) -> list[Span]:
     day = first
     while day <= last:
         for begin, finish in policy.working_hours.get(day.weekday(), []):
-            a = datetime.combine(day, begin, tzinfo=zone).astimezone(UTC)
-            b = datetime.combine(day, finish, tzinfo=zone).astimezone(UTC)
+            local_start, local_end = local_bounds(day, begin, finish, zone)
+            a, b = local_start.astimezone(UTC), local_end.astimezone(UTC)
             if b > start and a < end:
                 spans.append((a, b))
         day += timedelta(days=1)

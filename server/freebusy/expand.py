@@ -19,6 +19,7 @@ from dateutil.tz import datetime_exists, resolve_imaginary
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from server.freebusy.policy import ALLDAY_WHOLE_DAY, Policy
+from server.hours import END_OF_DAY, local_bounds
 
 BUSY = "busy"
 TENTATIVE = "tentative"
@@ -178,15 +179,11 @@ def allday_spans(first: date, last: date, policy: Policy) -> list[tuple[datetime
     day = first
     while day < last:
         if policy.allday == ALLDAY_WHOLE_DAY:
-            ranges = [(time(0, 0), None)]
+            ranges = [(time(0, 0), END_OF_DAY)]
         else:
             ranges = list(policy.working_hours.get(day.weekday(), []))
         for begin, finish in ranges:
-            local_start = datetime.combine(day, begin, tzinfo=zone)
-            local_end = (
-                datetime.combine(day + timedelta(days=1), time(0, 0), tzinfo=zone)
-                if finish is None else datetime.combine(day, finish, tzinfo=zone)
-            )
+            local_start, local_end = local_bounds(day, begin, finish, zone)
             spans.append((local_start.astimezone(UTC), local_end.astimezone(UTC)))
         day += timedelta(days=1)
     return spans
