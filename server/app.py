@@ -45,7 +45,7 @@ def create_app(config: Config, database: Database | None = None) -> Lockstep:
         build_radicale(database, auth_delay=config.get("server", "auth_delay"), max_body=max_body),
         max_body=max_body,
     )
-    flask_app = create_flask_app(database, secret_key)
+    flask_app = create_flask_app(database, config, secret_key)
     dispatcher = Dispatcher(dav, flask_app.wsgi_app, trust_forwarded=config.get("server", "trust_forwarded"))
     return Lockstep(config=config, database=database, wsgi=dispatcher)
 

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_argument("username")
     password.add_argument("--password")
 
+    connect = commands.add_parser("connect", help="connect a tech's calendar account")
+    connect.add_argument("provider", choices=("google",))
+    connect.add_argument("username")
+
     token = commands.add_parser("token", help="API credentials").add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create a credential for booking software")
     create.add_argument("name")
@@ -81,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lockstep: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
+    from server.connections import ConnectError
     from server.techs import AdminError
 
     try:
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_workers(config)
         return _run_admin(config, args)
-    except AdminError as exc:
+    except (AdminError, ConnectError) as exc:
         print(f"lockstep: {exc}", file=sys.stderr)
         return 1
 
@@ -129,6 +134,12 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         print(f"New app password set for {credential.name}.")
         if not args.password:
             print(f"App password:  {credential.secret}   (shown once)")
+    elif args.command == "connect":
+        from server.connections import create_consent_link
+
+        link = create_consent_link(database, config, args.username, args.provider)
+        print(f"Send this link to {args.username}; it works once, for one hour:")
+        print(link)
     elif args.command == "token" and args.action == "create":
         credential = techs.create_token(database, args.name, args.scope)
         print(f"Created {args.scope} token {credential.name} (shown once).")

@@ -51,7 +51,24 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "url": Option("", str, "SQLAlchemy URL; default sqlite:///DATA/lockstep.db"),
     },
     "security": {
-        "secret_key": Option("", str, "Secret key; default generated into DATA/secret.key"),
+        "secret_key": Option("", str, "Secret key; default LOCKSTEP_SECRET_KEY, else DATA/secret.key"),
+        "retired_keys": Option("", str, "Comma-separated former secret keys, still able to decrypt"),
+    },
+    "google": {
+        "client_id": Option("", str, "OAuth client id of the Google Cloud project"),
+        "client_secret": Option("", str, "OAuth client secret"),
+        "auth_uri": Option("https://accounts.google.com/o/oauth2/auth", str, "Consent page"),
+        "token_uri": Option("https://oauth2.googleapis.com/token", str, "Token endpoint"),
+        "api_endpoint": Option("https://www.googleapis.com/calendar/v3/", str, "Calendar API v3 base"),
+        "scopes": Option(
+            "https://www.googleapis.com/auth/calendar.events "
+            "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
+            str, "Space-separated scopes (events read/write, calendar list read)"),
+    },
+    "sync": {
+        "poll_seconds": Option(300, int, "Safety-net polling interval per calendar"),
+        "watch_ttl_seconds": Option(7 * 24 * 3600, int, "Requested lifetime of push channels"),
+        "workers": Option(2, int, "Sync worker threads in serve / worker"),
     },
     "logging": {
         "level": Option("info", str, "debug, info, warning or error"),

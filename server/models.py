@@ -175,3 +175,110 @@ class Job(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Connection(Base):
+    """A tech's account at a provider; credentials are ciphertext (server.crypto)."""
+
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("tech_id", "provider", name="uq_connection_tech_provider"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tech_id: Mapped[int] = mapped_column(ForeignKey("techs.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(320), default="")
+    state: Mapped[str] = mapped_column(String(16), default="ok")  # ok | degraded | needs_reauth
+    credentials: Mapped[str] = mapped_column(Text, default="")
+    booking_calendar: Mapped[str] = mapped_column(String(1024), default="")  # remote id; "" = primary
+    selection: Mapped[str] = mapped_column(String(16), default="primary")  # primary | busy
+    last_success: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    trouble_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RemoteCalendarRow(Base):
+    """A provider calendar of a connection, its mirror path, sync cursor and push channel."""
+
+    __tablename__ = "remote_calendars"
+    __table_args__ = (UniqueConstraint("connection_id", "remote_id", name="uq_remote_calendar"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(String(1024))
+    name: Mapped[str] = mapped_column(String(300), default="")
+    primary: Mapped[bool] = mapped_column(default=False)
+    busy: Mapped[bool] = mapped_column(default=True)
+    selected: Mapped[bool] = mapped_column(default=False)
+    local_path: Mapped[str] = mapped_column(String(512), default="")
+    cursor: Mapped[str] = mapped_column(Text, default="")
+    watch_channel: Mapped[str] = mapped_column(String(200), default="")
+    watch_resource: Mapped[str] = mapped_column(String(300), default="")
+    watch_token: Mapped[str] = mapped_column(String(200), default="")
+    watch_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EventLink(Base):
+    """Local item ↔ remote event, with both sides' versions as last synced."""
+
+    __tablename__ = "event_links"
+    __table_args__ = (
+        UniqueConstraint("remote_calendar_id", "remote_id", name="uq_link_remote"),
+        Index("ix_link_local", "local_path", "local_href"),
+        Index("ix_link_uid", "local_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    remote_calendar_id: Mapped[int] = mapped_column(ForeignKey("remote_calendars.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(String(1024))
+    remote_etag: Mapped[str] = mapped_column(String(300), default="")
+    local_path: Mapped[str] = mapped_column(String(512))
+    local_href: Mapped[str] = mapped_column(String(512))
+    local_uid: Mapped[str] = mapped_column(String(512))
+    local_etag: Mapped[str] = mapped_column(String(80), default="")
+    origin: Mapped[str] = mapped_column(String(16))  # local | remote
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OAuthState(Base):
+    """One-time consent links and the OAuth state/PKCE verifier of a flow in progress."""
+
+    __tablename__ = "oauth_states"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(100), default="", index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    tech_id: Mapped[int] = mapped_column(ForeignKey("techs.id", ondelete="CASCADE"))
+    code_verifier: Mapped[str] = mapped_column(Text, default="")  # ciphertext
+    used: Mapped[bool] = mapped_column(default=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Conflict(Base):
+    """A personal event overlapping a booking, recorded once."""
+
+    __tablename__ = "conflicts"
+    __table_args__ = (UniqueConstraint("tech", "booking_uid", "other_ref", name="uq_conflict_once"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tech: Mapped[str] = mapped_column(String(64), index=True)
+    booking_uid: Mapped[str] = mapped_column(String(512))
+    other_ref: Mapped[str] = mapped_column(String(1100))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Notification(Base):
+    """Something a tech or the dispatcher needs to hear about."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    audience: Mapped[str] = mapped_column(String(16))  # tech | dispatcher
+    tech: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -43,9 +43,11 @@ def generate_token_secret() -> str:
 
 
 def load_or_create_secret_key(data_dir: Path, configured: str = "") -> str:
-    """The configured key, else ``DATA/secret.key`` (created on first start, mode 0600)."""
+    """The configured key, else LOCKSTEP_SECRET_KEY, else ``DATA/secret.key`` (created once, 0600)."""
     if configured:
         return configured
+    if os.environ.get("LOCKSTEP_SECRET_KEY"):
+        return os.environ["LOCKSTEP_SECRET_KEY"]
     path = data_dir / "secret.key"
     if path.exists():
         return path.read_text().strip()

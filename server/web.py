@@ -6,14 +6,18 @@ from flask import Flask, jsonify
 from sqlalchemy import text
 
 from server.api.routes import create_api
+from server.config import Config
+from server.connections import key_ring
 from server.db import Database
+from server.web_oauth import create_oauth_blueprint
 
 
-def create_flask_app(database: Database, secret_key: str) -> Flask:
+def create_flask_app(database: Database, config: Config, secret_key: str) -> Flask:
     app = Flask("lockstep")
     app.config.update(SECRET_KEY=secret_key, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(create_api(database))
+    app.register_blueprint(create_oauth_blueprint(database, config, key_ring(config, secret_key)))
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
