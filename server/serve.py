@@ -12,6 +12,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from server.app import create_app
 from server.config import Config
+from server.db import Database
 from server.freebusy.maintenance import start_maintenance
 
 log = logging.getLogger("lockstep.serve")
@@ -40,7 +41,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         server.ssl_adapter = BuiltinSSLAdapter(server_values["tls_cert"], server_values["tls_key"])
     stop = threading.Event()
     if not getattr(args, "no_workers", False):
-        start_maintenance(lockstep.database, stop)
+        start_background(config, lockstep.database, stop)
 
     def _shutdown(signum: int, _frame: object) -> None:
         if stop.is_set():
@@ -68,6 +69,18 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def start_background(config: Config, database: Database, stop: threading.Event) -> list[threading.Thread]:
+    """The busy-index horizon job and the sync workers (in serve, or in ``lockstep worker``)."""
+    from server.caldav_bridge.engine import Bridge
+    from server.caldav_bridge.worker import start_sync_workers
+    from server.connections import key_ring
+    from server.security import load_or_create_secret_key
+
+    ring = key_ring(config, load_or_create_secret_key(config.data_dir, config.get("security", "secret_key")))
+    bridge = Bridge(database, config, ring)
+    return [start_maintenance(database, stop), *start_sync_workers(bridge, stop, config.get("sync", "workers"))]
+
+
 def run_workers(config: Config) -> int:
     """``lockstep worker``: the background jobs without the web server, until SIGTERM."""
     from server.app import open_database
@@ -82,9 +95,10 @@ def run_workers(config: Config) -> int:
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
     log.info("Lockstep worker started (database %s)", "sqlite" if database.is_sqlite else "postgresql")
-    thread = start_maintenance(database, stop)
+    threads = start_background(config, database, stop)
     while not stop.wait(1):
         pass
-    thread.join(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
     database.dispose()
     return 0

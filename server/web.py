@@ -9,6 +9,7 @@ from server.api.routes import create_api
 from server.config import Config
 from server.connections import key_ring
 from server.db import Database
+from server.web_hooks import create_hooks_blueprint
 from server.web_oauth import create_oauth_blueprint
 
 
@@ -18,6 +19,7 @@ def create_flask_app(database: Database, config: Config, secret_key: str) -> Fla
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(create_api(database))
     app.register_blueprint(create_oauth_blueprint(database, config, key_ring(config, secret_key)))
+    app.register_blueprint(create_hooks_blueprint(database))
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -1,0 +1,1 @@
+"""The sync engine: local calendars ↔ provider calendars, through server.providers only."""

@@ -1,0 +1,67 @@
+"""Worker threads: dispatch the change log, claim jobs, run them, record trouble; plus the poll timer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from server import jobs
+from server.caldav_bridge.engine import Bridge
+from server.providers.base import AuthorizationLost, ProviderError
+
+log = logging.getLogger("lockstep.worker")
+IDLE_WAIT = 0.2
+
+
+def run_job_once(bridge: Bridge) -> bool:
+    """Dispatch new changes, then run one due job; False when there was nothing to do."""
+    bridge.dispatch()
+    handlers = bridge.handlers()
+    job = jobs.claim(bridge.database, list(handlers))
+    if job is None:
+        return False
+    started = time.monotonic()
+    try:
+        handlers[job.kind](job.payload)
+    except LookupError as exc:  # the calendar or connection is gone: nothing left to do
+        log.info("job %s %s dropped: %s", job.kind, job.id, exc)
+        jobs.complete(bridge.database, job)
+    except ProviderError as exc:
+        bridge.mark_trouble(job.payload, exc)
+        state = jobs.fail(bridge.database, job, str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
+        level = logging.WARNING if isinstance(exc, AuthorizationLost) or state == jobs.DEAD else logging.INFO
+        log.log(level, "job %s %s failed (%s, attempt %d): %s", job.kind, job.id, state, job.attempts, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; the job retries
+        log.exception("job %s %s crashed", job.kind, job.id)
+        jobs.fail(bridge.database, job, f"{type(exc).__name__}: {exc}")
+    else:
+        jobs.complete(bridge.database, job)
+        log.debug("job %s %s done in %.2fs", job.kind, job.id, time.monotonic() - started)
+    return True
+
+
+def start_sync_workers(bridge: Bridge, stop: threading.Event, count: int) -> list[threading.Thread]:
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                if not run_job_once(bridge):
+                    stop.wait(IDLE_WAIT)
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable
+                log.exception("worker loop error; retrying")
+                stop.wait(2)
+
+    def poll() -> None:
+        interval = int(bridge.config.get("sync", "poll_seconds"))
+        while not stop.wait(interval):
+            try:
+                queued = bridge.schedule_polls()
+                log.info("poll: %d calendar sync(s) queued", queued)
+            except Exception:  # noqa: BLE001
+                log.exception("poll timer error")
+
+    threads = [threading.Thread(target=work, name=f"sync-worker-{n}", daemon=True) for n in range(count)]
+    threads.append(threading.Thread(target=poll, name="sync-poll", daemon=True))
+    for thread in threads:
+        thread.start()
+    return threads
