@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("provider", choices=("google",))
     connect.add_argument("username")
 
+    calendars = commands.add_parser("calendars", help="list or choose a tech's synced calendars")
+    calendars.add_argument("username")
+    calendars.add_argument("--select", nargs="+", metavar="ID", help="sync these calendars (and the primary)")
+    calendars.add_argument("--primary-only", action="store_true", help="sync the primary calendar only")
+    sync = commands.add_parser("sync", help="sync health and manual syncs").add_subparsers(dest="action", required=True)
+    sync.add_parser("status", help="every connection: state, last success, lag, last error")
+    now = sync.add_parser("now", help="sync a tech's calendars now")
+    now.add_argument("username")
+
     token = commands.add_parser("token", help="API credentials").add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create a credential for booking software")
     create.add_argument("name")
@@ -140,6 +149,32 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         link = create_consent_link(database, config, args.username, args.provider)
         print(f"Send this link to {args.username}; it works once, for one hour:")
         print(link)
+    elif args.command == "calendars":
+        from server.sync_admin import choose_calendars
+
+        rows = choose_calendars(database, args.username, select_ids=args.select, primary_only=args.primary_only)
+        if not rows:
+            print(f"{args.username} has no connected calendars yet.")
+        for remote_id, name, selected in rows:
+            print(f"[{'x' if selected else ' '}] {name:<32} {remote_id}")
+    elif args.command == "sync" and args.action == "status":
+        from server.sync_admin import sync_status
+
+        statuses = sync_status(database)
+        if not statuses:
+            print("No connections yet. Connect one with: lockstep connect google USER")
+        for status in statuses:
+            lag = "never" if status.lag_seconds is None else f"{status.lag_seconds:.0f}s ago"
+            print(f"{status.tech:<16} {status.provider:<10} {status.state:<13} last success {lag:<12} "
+                  f"pending jobs {status.pending_jobs}  {status.last_error[:80]}")
+            for name, path, selected, expires in status.calendars:
+                if selected:
+                    watch = f"push until {expires:%Y-%m-%d %H:%M}" if expires else "polling only"
+                    print(f"    /dav/{path}/  ({name}; {watch})")
+    elif args.command == "sync" and args.action == "now":
+        from server.sync_admin import sync_now
+
+        print(f"Queued {sync_now(database, args.username)} calendar sync(s) for {args.username}.")
     elif args.command == "token" and args.action == "create":
         credential = techs.create_token(database, args.name, args.scope)
         print(f"Created {args.scope} token {credential.name} (shown once).")

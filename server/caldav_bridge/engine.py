@@ -80,11 +80,11 @@ class Bridge:
             for calendar in calendars:
                 record = session.scalar(select(RemoteCalendarRow).where(
                     RemoteCalendarRow.connection_id == row.id, RemoteCalendarRow.remote_id == calendar.remote_id))
-                if record is None:
-                    record = RemoteCalendarRow(connection_id=row.id, remote_id=calendar.remote_id)
+                if record is None:  # new calendars follow the connection's selection rule; known ones keep theirs
+                    record = RemoteCalendarRow(connection_id=row.id, remote_id=calendar.remote_id,
+                                               selected=calendar.primary or (row.selection == "busy" and calendar.busy))
                     session.add(record)
                 record.name, record.primary, record.busy = calendar.name, calendar.primary, calendar.busy
-                record.selected = calendar.primary or (row.selection == "busy" and calendar.busy)
                 if record.selected and not record.local_path:
                     slug = mirror.mirror_slug(row.provider, calendar.name, calendar.primary, taken)
                     taken.add(slug)
@@ -102,8 +102,7 @@ class Bridge:
                 jobs.enqueue(session, JOB_PUSH, {"path": bookings.path, "href": href},
                              dedupe_key=f"push:{bookings.path}/{href}")
         self._save_credentials(connection.id, provider, tech)
-        log.info("import %s/%s: %d calendar(s) found, %d selected", tech, connection.provider, len(calendars),
-                 sum(1 for c in calendars if c.primary or (connection.selection == "busy" and c.busy)))
+        log.info("import %s/%s: %d calendar(s) found", tech, connection.provider, len(calendars))
 
     # -- inbound ------------------------------------------------------------------
     def sync_calendar(self, payload: dict[str, Any]) -> None:
