@@ -77,3 +77,21 @@ def test_allday_transparency_status_and_own_response() -> None:
     assert body["start"] == {"date": "2026-03-03"} and body["end"] == {"date": "2026-03-04"}
     body, _ = ical_to_series(series_to_ical(free, []))
     assert body["transparency"] == "transparent"
+
+
+def test_offset_only_times_become_utc_not_floating() -> None:
+    event = {"id": "e1", "status": "confirmed", "start": {"dateTime": "2026-03-04T09:00:00-05:00"},
+             "end": {"dateTime": "2026-03-04T10:00:00-05:00"}}
+    text = series_to_ical(event, [])
+    assert "DTSTART:20260304T140000Z" in text and "TZID" not in text
+    assert _busy(text) == [("03-04 14:00", "15:00", "busy")]
+    body, _ = ical_to_series(text)
+    assert body["start"] == {"dateTime": "2026-03-04T14:00:00+00:00", "timeZone": "UTC"}
+
+
+def test_our_uid_is_the_series_uid_on_the_way_back() -> None:
+    ours = {**MASTER, "extendedProperties": {"private": {"lockstepUid": "booking-7"}}}
+    text = series_to_ical(ours, [MOVED, CANCELLED])
+    assert text.count("\r\nUID:booking-7\r\n") == 3 and "series1@google.com" not in text
+    assert "X-LOCKSTEP-UID:booking-7" in text
+    assert lockstep_uid_of(ical_to_series(text, "booking-7")[0]) == "booking-7"

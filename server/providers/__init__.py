@@ -8,7 +8,9 @@ from typing import Any
 from server.providers.base import Provider
 
 # name -> "module:Class"; providers are added here as they are built (google, microsoft, caldav).
-_REGISTRY: dict[str, str] = {}
+_REGISTRY: dict[str, str] = {
+    "google": "server.providers.google:GoogleProvider",
+}
 
 
 def provider_class(name: str) -> type[Provider]:

@@ -88,7 +88,7 @@ class Watch:
 class Credentials:
     """Opaque to the engine; stored encrypted; providers update it when tokens refresh."""
 
-    blob: str
+    blob: str = field(repr=False)
     changed: bool = field(default=False, compare=False)
 
 

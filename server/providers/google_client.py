@@ -39,7 +39,7 @@ _CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_sc
 
 @dataclass(frozen=True)
 class GoogleConfig:
-    """OAuth client and endpoints; the defaults are Google's own, tests point them at the sandbox."""
+    """OAuth client and endpoints: Google's own by default, the sandbox's in tests."""
 
     client_id: str
     client_secret: str = ""
@@ -53,7 +53,7 @@ class GoogleConfig:
 
     @classmethod
     def of(cls, source: Any) -> GoogleConfig:
-        """From a GoogleConfig, a mapping, or any object with these attributes (e.g. a config section)."""
+        """From a GoogleConfig, a mapping, or any object with these attributes."""
         if isinstance(source, cls):
             return source
         get = source.get if isinstance(source, Mapping) else lambda k, d=None: getattr(source, k, d)
@@ -77,7 +77,8 @@ def http_reason(exc: HttpError) -> tuple[str, str]:
     try:
         error = json.loads(exc.content.decode("utf-8"))["error"]
         items = error.get("errors") or [{}]
-        return str(items[0].get("reason") or error.get("status") or ""), str(error.get("message", ""))
+        reason = items[0].get("reason") or error.get("status") or ""
+        return str(reason), str(error.get("message", ""))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return "", ""
 

@@ -21,6 +21,7 @@ _STATUS_OUT = {v: k for k, v in _STATUS_IN.items()}
 _PARTSTAT_IN = {"accepted": "ACCEPTED", "declined": "DECLINED", "tentative": "TENTATIVE",
                 "needsAction": "NEEDS-ACTION"}
 _PARTSTAT_OUT = {v: k for k, v in _PARTSTAT_IN.items()}
+_TEXT_FIELDS = (("summary", "SUMMARY"), ("description", "DESCRIPTION"), ("location", "LOCATION"))
 
 GoogleEvent = dict[str, Any]
 
@@ -44,7 +45,8 @@ def series_to_ical(master: GoogleEvent | None, exceptions: list[GoogleEvent]) ->
     return text
 
 
-def ical_to_series(text: str, lockstep_uid: str | None = None) -> tuple[GoogleEvent, list[tuple[str, GoogleEvent]]]:
+def ical_to_series(text: str, lockstep_uid: str | None = None
+                   ) -> tuple[GoogleEvent, list[tuple[str, GoogleEvent]]]:
     """(master or single event body, [(original start as RFC 3339 or date, override body)])."""
     calendar = icalendar.Calendar.from_ical(text)
     master: GoogleEvent | None = None
@@ -67,8 +69,12 @@ def lockstep_uid_of(event: GoogleEvent) -> str | None:
 
 
 def _series_uid(master: GoogleEvent | None, exceptions: list[GoogleEvent]) -> str:
-    """A cancelled instance carries only id, recurringEventId and originalStartTime: the
-    series' iCalendar UID comes from the master, else any instance that has one."""
+    """Our own uid when Lockstep wrote the event (Google gives it an iCalUID of its own), so
+    an echo comes back under the UID we sent. Otherwise the master's iCalUID, else any
+    instance's: a cancelled instance carries only id, recurringEventId and originalStartTime."""
+    for event in ([master] if master else []) + exceptions:
+        if lockstep_uid_of(event):
+            return str(lockstep_uid_of(event))
     for event in ([master] if master else []) + exceptions:
         if event.get("iCalUID"):
             return str(event["iCalUID"])
@@ -91,7 +97,7 @@ def _vevent(event: GoogleEvent, uid: str, override: bool = False) -> icalendar.E
     vevent.add("DTSTART", _when(event["start"]))
     if "end" in event:
         vevent.add("DTEND", _when(event["end"]))
-    for key, prop in (("summary", "SUMMARY"), ("description", "DESCRIPTION"), ("location", "LOCATION")):
+    for key, prop in _TEXT_FIELDS:
         if event.get(key):
             vevent.add(prop, event[key])
     vevent.add("STATUS", _STATUS_IN.get(status, "CONFIRMED"))
@@ -100,7 +106,8 @@ def _vevent(event: GoogleEvent, uid: str, override: bool = False) -> icalendar.E
         vevent.add("SEQUENCE", int(event["sequence"]))
     for attendee in event.get("attendees", []):
         if attendee.get("self"):
-            params = {"PARTSTAT": _PARTSTAT_IN.get(attendee.get("responseStatus", "needsAction"), "NEEDS-ACTION")}
+            response = attendee.get("responseStatus", "needsAction")
+            params = {"PARTSTAT": _PARTSTAT_IN.get(response, "NEEDS-ACTION")}
             vevent.add("ATTENDEE", f"mailto:{attendee.get('email', '')}", parameters=params)
     uid = lockstep_uid_of(event)
     if uid:
@@ -115,7 +122,9 @@ def _when(value: dict[str, str]) -> date | datetime:
     zone = value.get("timeZone")
     if zone:
         return moment.astimezone(ZoneInfo(zone))
-    return moment
+    # Only an offset: write UTC, since a TZID like "UTC-05:00" has no VTIMEZONE and
+    # readers would take it as floating time.
+    return moment.astimezone(timezone.utc)
 
 
 def _body(component: Any) -> GoogleEvent:
@@ -126,12 +135,13 @@ def _body(component: Any) -> GoogleEvent:
         body["end"] = _google_when(component["DTSTART"].dt + component["DURATION"].dt)
     else:
         body["end"] = body["start"]
-    for prop, key in (("SUMMARY", "summary"), ("DESCRIPTION", "description"), ("LOCATION", "location")):
+    for key, prop in _TEXT_FIELDS:
         if prop in component:
             body[key] = str(component[prop])
     status = str(component.get("STATUS", "CONFIRMED")).upper()
     body["status"] = _STATUS_OUT.get(status, "confirmed")
-    body["transparency"] = "transparent" if str(component.get("TRANSP", "")).upper() == "TRANSPARENT" else "opaque"
+    transparent = str(component.get("TRANSP", "")).upper() == "TRANSPARENT"
+    body["transparency"] = "transparent" if transparent else "opaque"
     recurrence = _recurrence_lines(component)
     if recurrence:
         body["recurrence"] = recurrence

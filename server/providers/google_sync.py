@@ -96,6 +96,7 @@ class ChangeReader:
 
     def _full(self) -> Iterator[ChangePage]:
         pending: dict[str, _Parts] = {}
+        singles: set[str] = set()
         for response in self._list("events.list (full)"):
             events: list[RemoteEvent] = []
             for item in response.get("items", []):
@@ -107,12 +108,15 @@ class ChangeReader:
                 elif item.get("recurrence"):
                     pending.setdefault(item["id"], _Parts()).master = item
                 else:
+                    singles.add(item["id"])
                     events.append(single(item))
             if response.get("nextPageToken"):
                 yield ChangePage(events, full=True)
                 continue
             cursor = self._cursor(response)
             for series_id, parts in pending.items():
+                if series_id in singles:
+                    continue  # stale exceptions of an event that is no longer recurring
                 if parts.master is None:  # its master was not listed: look it up
                     found = self.read_series(series_id, parts.exceptions)
                 else:

@@ -61,9 +61,9 @@ def _full_when(edt: dict[str, Any]) -> dict[str, Any]:
     return {"date": None, "dateTime": None, "timeZone": None, **edt}
 
 
-def patch_body(body: GoogleEvent) -> GoogleEvent:
+def patch_body(body: GoogleEvent, *, master: bool) -> GoogleEvent:
     out = dict(body)
-    for key in _OWNED:
+    for key in _OWNED + (("recurrence",) if master else ()):
         out.setdefault(key, None)
     out["start"], out["end"] = _full_when(body["start"]), _full_when(body["end"])
     return out
@@ -79,7 +79,8 @@ def _same(instance: GoogleEvent, body: GoogleEvent) -> bool:
         return False
     if any((instance.get(k) or None) != (body.get(k) or None) for k in _OWNED):
         return False
-    return all(k in instance and _instant(instance[k]) == _instant(body[k]) for k in ("start", "end"))
+    return all(k in instance and _instant(instance[k]) == _instant(body[k])
+               for k in ("start", "end"))
 
 
 def _series_default(instance: GoogleEvent, master: GoogleEvent) -> GoogleEvent:
@@ -88,7 +89,8 @@ def _series_default(instance: GoogleEvent, master: GoogleEvent) -> GoogleEvent:
     duration = _instant(master["end"]) - _instant(master["start"])  # type: ignore[operator]
     if original.get("date"):
         start: dict[str, Any] = {"date": original["date"]}
-        end: dict[str, Any] = {"date": (date.fromisoformat(original["date"]) + duration).isoformat()}
+        last_day = date.fromisoformat(original["date"]) + duration
+        end: dict[str, Any] = {"date": last_day.isoformat()}
     else:
         zone = master["start"].get("timeZone") or original.get("timeZone")
         first = _instant(original)
@@ -138,7 +140,9 @@ class EventWriter:
         try:
             body, overrides = ical_to_series(ical, lockstep_uid)
         except (ValueError, KeyError) as exc:
-            raise ProviderError(f"cannot write this event to Google: {exc}", permanent=True) from None
+            raise ProviderError(f"cannot write this event to Google: {exc}",
+                                permanent=True) from None
+        fresh = False
         if remote_id:
             try:
                 master = self.patch(remote_id, body, etag)
@@ -146,30 +150,32 @@ class EventWriter:
                 if exc.status != 404:
                     raise
                 log.info("google event %s vanished; creating it again", remote_id)
-                master = self.create(lockstep_uid, body)
+                master, fresh = self.create(lockstep_uid, body)
         else:
-            master = self.create(lockstep_uid, body)
+            master, fresh = self.create(lockstep_uid, body)
         exceptions: list[GoogleEvent] = []
         if master.get("recurrence") and master.get("status") != "cancelled":
-            exceptions = self._apply_overrides(master, overrides, ical)
+            exceptions = self._apply_overrides(master, overrides, ical, fresh)
         return RemoteEvent(str(master["id"]), str(master.get("etag", "")),
                            series_to_ical(master, exceptions), lockstep_uid)
 
-    def create(self, lockstep_uid: str, body: GoogleEvent) -> GoogleEvent:
+    def create(self, lockstep_uid: str, body: GoogleEvent) -> tuple[GoogleEvent, bool]:
+        """(the event, whether this call created it)."""
         event_id = event_id_for(lockstep_uid)
         request = self._events.insert(calendarId=self.calendar_id, body={**body, "id": event_id})
         try:
-            return dict(self.client.execute(request, "events.insert"))
+            return dict(self.client.execute(request, "events.insert")), True
         except GoogleApiError as exc:
             if exc.status != 409:
                 raise
         # An earlier attempt created it and its answer was lost (or it was deleted since,
         # which Google still counts as taken): update that event in place.
-        return self.patch(event_id, body, None)
+        return self.patch(event_id, body, None), False
 
-    def patch(self, event_id: str, body: GoogleEvent, etag: str | None) -> GoogleEvent:
+    def patch(self, event_id: str, body: GoogleEvent, etag: str | None, *,
+              master: bool = True) -> GoogleEvent:
         request = self._events.patch(calendarId=self.calendar_id, eventId=event_id,
-                                     body=patch_body(body))
+                                     body=patch_body(body, master=master))
         if etag:
             request.headers["If-Match"] = etag
         return dict(self.client.execute(request, "events.patch"))
@@ -197,6 +203,8 @@ class EventWriter:
                 return items
 
     def _existing_exceptions(self, master: GoogleEvent) -> dict[str, GoogleEvent]:
+        if not master.get("iCalUID"):
+            return {}
         found = self._list("events.list (series)", self._events.list,
                            iCalUID=master["iCalUID"], showDeleted=True, maxResults=2500)
         return {original_key(e["originalStartTime"]): e for e in found
@@ -219,9 +227,9 @@ class EventWriter:
         return next((i for i in found if original_key(i["originalStartTime"]) == key), None)
 
     def _apply_overrides(self, master: GoogleEvent, overrides: list[tuple[str, GoogleEvent]],
-                         ical: str) -> list[GoogleEvent]:
+                         ical: str, fresh: bool) -> list[GoogleEvent]:
         wanted = {original_key(start): body for start, body in overrides}
-        existing = self._existing_exceptions(master)
+        existing = {} if fresh else self._existing_exceptions(master)  # a new series has none
         written: list[GoogleEvent] = []
         for key, body in wanted.items():
             instance = existing.pop(key, None) or self._find_instance(master, key)
@@ -238,7 +246,7 @@ class EventWriter:
             elif _same(instance, body):
                 written.append(instance)
             else:
-                written.append(self.patch(instance["id"], body, None))
+                written.append(self.patch(instance["id"], body, None, master=False))
         is_occurrence = None
         for key, instance in existing.items():  # exceptions we do not have: undo them
             default = _series_default(instance, master)
@@ -248,5 +256,5 @@ class EventWriter:
                 is_occurrence = is_occurrence or _rule_occurrence(ical)
                 if not is_occurrence(key):
                     continue  # dropped by the rule itself, not by a person
-            self.patch(instance["id"], default, None)
+            self.patch(instance["id"], default, None, master=False)
         return written
