@@ -118,8 +118,9 @@ def finish_consent(database: Database, config: Config, ring: KeyRing, provider: 
             connection = Connection(tech_id=tech.id, provider=provider)
             session.add(connection)
         connection.credentials = ring.encrypt(blob)
-        connection.state = "ok"
-        connection.last_error = ""
+        if connection.trouble_since is None:
+            connection.state = "ok"
+        # else: the first successful sync marks it ok and tells the tech what happened meanwhile
         session.flush()
         jobs.enqueue(session, JOB_INITIAL_IMPORT, {"connection": connection.id},
                      dedupe_key=f"import:{connection.id}")

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from server.models import Conflict, Notification
 from server.sandbox.google import GoogleSandbox
 from tests.support.api import Api, api_for
+from tests.support.dav import multistatus
 from tests.support.google_env import connect_google, eventually, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
 
@@ -130,3 +131,151 @@ def test_overlapping_personal_event_records_one_conflict(server: LockstepServer,
 
     time.sleep(4)  # a poll cycle and a push later, still one conflict
     assert len(conflicts()) == 1
+
+
+def test_recurring_allday_tentative_declined_from_google(server: LockstepServer, api: Api, google: GoogleSandbox,
+                                                         connected: tuple[str, str]) -> None:
+    user = connected[0]
+    calendar = f"{user}@example.com"
+    zone = "America/Los_Angeles"
+    series = google.create_event(calendar, {
+        "summary": "Standup", "recurrence": ["RRULE:FREQ=WEEKLY;BYDAY=TU;COUNT=4"],
+        "start": {"dateTime": "2026-12-01T09:00:00", "timeZone": zone},
+        "end": {"dateTime": "2026-12-01T10:00:00", "timeZone": zone}})
+    # Move the second instance to 11:00 and cancel the third, through the emulator's instance ids.
+    google.patch_event(calendar, f"{series['id']}_20261208T170000Z", {
+        "start": {"dateTime": "2026-12-08T11:00:00", "timeZone": zone},
+        "end": {"dateTime": "2026-12-08T12:00:00", "timeZone": zone}})
+    google.delete_event(calendar, f"{series['id']}_20261215T170000Z")
+    google.create_event(calendar, {"summary": "PTO", "start": {"date": "2026-12-02"}, "end": {"date": "2026-12-03"}})
+    google.create_event(calendar, {
+        "summary": "Maybe", "start": {"dateTime": "2026-12-03T20:00:00Z"}, "end": {"dateTime": "2026-12-03T21:00:00Z"},
+        "attendees": [{"email": "boss@example.com", "organizer": True, "responseStatus": "accepted"},
+                      {"email": calendar, "self": True, "responseStatus": "tentative"}]})
+    google.create_event(calendar, {
+        "summary": "Nope", "start": {"dateTime": "2026-12-03T22:00:00Z"}, "end": {"dateTime": "2026-12-03T23:00:00Z"},
+        "attendees": [{"email": calendar, "self": True, "responseStatus": "declined"}]})
+    window = {"start": "2026-11-30T00:00:00Z", "end": "2026-12-31T00:00:00Z"}
+
+    def busy() -> dict:
+        return api.get("/freebusy", tech=user, **window).json()["techs"][user]
+
+    expected_busy = [
+        {"start": "2026-12-01T17:00:00Z", "end": "2026-12-01T18:00:00Z"},  # 09:00 PST
+        {"start": "2026-12-02T16:00:00Z", "end": "2026-12-03T01:00:00Z"},  # PTO: 08-17 local only
+        {"start": "2026-12-08T19:00:00Z", "end": "2026-12-08T20:00:00Z"},  # moved to 11:00
+        {"start": "2026-12-22T17:00:00Z", "end": "2026-12-22T18:00:00Z"},  # 12-15 cancelled
+    ]
+    eventually(lambda: busy()["busy"] == expected_busy, timeout=30, what=f"series busy time, got {busy()}")
+    assert busy()["tentative"] == [{"start": "2026-12-03T20:00:00Z", "end": "2026-12-03T21:00:00Z"}]
+
+
+def test_iphone_edit_of_mirrored_event_reaches_google(server: LockstepServer, google: GoogleSandbox,
+                                                      connected: tuple[str, str]) -> None:
+    user, password = connected
+    calendar = f"{user}@example.com"
+    created = google.create_event(calendar, {"summary": "Lunch", "start": {"dateTime": "2026-12-04T20:00:00Z"},
+                                             "end": {"dateTime": "2026-12-04T21:00:00Z"}})
+    url = f"{server.dav_url}{user}/google-primary/"
+
+    def item_hrefs() -> list[str]:
+        listing = requests.request("PROPFIND", url, auth=(user, password), headers={"Depth": "1"})
+        return [r.href for r in multistatus(listing.text) if r.href.endswith(".ics")]
+
+    (href,) = eventually(item_hrefs, what="mirrored lunch")
+    item = requests.get(server.url + href, auth=(user, password))
+    assert item.status_code == 200, (href, item.status_code, item.text)
+    edited = item.text.replace("SUMMARY:Lunch", "SUMMARY:Lunch with Ann")
+    put = requests.put(server.url + href, data=edited, auth=(user, password), headers={"If-Match": item.headers["ETag"]})
+    assert put.status_code in (201, 204), put.text
+    eventually(lambda: (google.get_event(calendar, created["id"]) or {}).get("summary") == "Lunch with Ann",
+               what="the iPhone edit in Google")
+
+
+def test_expired_sync_token_resyncs_without_duplicates(server: LockstepServer, api: Api, google: GoogleSandbox,
+                                                       connected: tuple[str, str]) -> None:
+    user, password = connected
+    calendar = f"{user}@example.com"
+    for hour in (16, 18):
+        google.create_event(calendar, {"summary": f"E{hour}", "start": {"dateTime": f"2026-12-05T{hour}:00:00Z"},
+                                       "end": {"dateTime": f"2026-12-05T{hour}:30:00Z"}})
+    url = f"{server.dav_url}{user}/google-primary/"
+
+    def count() -> int:
+        return requests.request("PROPFIND", url, auth=(user, password), headers={"Depth": "1"}).text.count(".ics</href>")
+
+    eventually(lambda: count() == 2, what="two mirrored events")
+    google.expire_sync_tokens()
+    google.create_event(calendar, {"summary": "E20", "start": {"dateTime": "2026-12-05T20:00:00Z"},
+                                   "end": {"dateTime": "2026-12-05T20:30:00Z"}})
+    eventually(lambda: count() == 3, what="resync after 410")
+    server.cli("sync", "now", user)
+    import time
+
+    time.sleep(2)
+    assert count() == 3
+    google_side = [e for e in google.stored_events(calendar) if e.get("summary", "").startswith("E")]
+    assert len(google_side) == 3  # nothing pushed back as a copy
+
+
+def test_forged_notification_is_refused(server: LockstepServer, connected: tuple[str, str]) -> None:
+    from server.models import RemoteCalendarRow
+
+    with server.database.read() as session:
+        row = session.scalar(select(RemoteCalendarRow).where(RemoteCalendarRow.watch_channel != "")
+                             .order_by(RemoteCalendarRow.id.desc()))
+        assert row is not None
+        channel, resource, token = row.watch_channel, row.watch_resource, row.watch_token
+    headers = {"X-Goog-Channel-ID": channel, "X-Goog-Resource-ID": resource,
+               "X-Goog-Resource-State": "exists", "X-Goog-Message-Number": "99"}
+    forged = requests.post(f"{server.url}/hooks/google", headers={**headers, "X-Goog-Channel-Token": "guessed"})
+    assert forged.status_code == 403
+    unknown = requests.post(f"{server.url}/hooks/google", headers={**headers, "X-Goog-Channel-ID": "nope",
+                                                                   "X-Goog-Channel-Token": token})
+    assert unknown.status_code == 403
+    assert server.log_file.read_text().count("rejected Google notification") >= 2
+    genuine = requests.post(f"{server.url}/hooks/google", headers={**headers, "X-Goog-Channel-Token": token})
+    assert genuine.status_code == 200
+    replayed = requests.post(f"{server.url}/hooks/google", headers={**headers, "X-Goog-Channel-Token": token})
+    assert replayed.status_code == 200  # harmless: at most one waiting sync per calendar
+
+
+def test_revoked_grant_needs_reauth_keeps_booking_and_reports_the_gap(server: LockstepServer, api: Api,
+                                                                      google: GoogleSandbox,
+                                                                      connected: tuple[str, str]) -> None:
+    from server.models import Notification
+
+    user = connected[0]
+    calendar = f"{user}@example.com"
+    google.revoke_refresh_token(email=calendar)
+    google.expire_access_tokens(calendar)
+    server.cli("sync", "now", user)
+
+    eventually(lambda: _connection_state(server, user) == "needs_reauth", what="needs_reauth")
+    booked = api.post("/bookings", {"tech": user, "start": "2026-12-07T17:00:00Z", "end": "2026-12-07T18:00:00Z",
+                                    "summary": "During the outage"})
+    assert booked.status_code == 201
+    uid = booked.json()["uid"]
+    status = server.cli("sync", "status").stdout
+    assert "needs_reauth" in status
+
+    connect_google(server, google, user)  # the tech reconnects
+
+    def in_google() -> bool:
+        return any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
+                   for e in google.stored_events(calendar))
+
+    eventually(in_google, timeout=30, what="the outage booking flushed to Google")
+    eventually(lambda: _connection_state(server, user) == "ok", what="ok again")
+    with server.database.read() as session:
+        messages = session.scalars(select(Notification.message).where(
+            Notification.tech == user, Notification.kind == "sync_recovered")).all()
+    assert any(uid in message for message in messages), messages
+
+
+def _connection_state(server: LockstepServer, user: str) -> str:
+    from server.models import Connection, Tech
+
+    with server.database.read() as session:
+        return session.scalar(select(Connection.state).join(Tech, Tech.id == Connection.tech_id)
+                              .where(Tech.username == user)) or ""

@@ -327,7 +327,7 @@ class Bridge:
             row = session.get(Connection, connection_id)
             if row is None:
                 return
-            if row.state != "ok" and row.trouble_since is not None:
+            if row.trouble_since is not None:
                 added = session.scalars(select(DavChange.uid).where(
                     DavChange.collection_path == f"{tech}/{BOOKINGS_CALENDAR}", DavChange.operation == "put",
                     DavChange.created_at >= row.trouble_since).distinct()).all()
