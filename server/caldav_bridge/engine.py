@@ -125,7 +125,10 @@ class Bridge:
     def _apply_pages(self, provider: Provider, calendar: RemoteCalendarRow, connection: Connection, tech: str,
                      cursor: str | None, counts: dict[str, int]) -> set[str] | None:
         seen: set[str] | None = set() if cursor is None else None
-        for page in provider.list_changes(calendar.remote_id, cursor):
+        for number, page in enumerate(provider.list_changes(calendar.remote_id, cursor), start=1):
+            if cursor is None:
+                log.info("import %s: page %d, %d event(s) so far", calendar.local_path,
+                         number, len(seen or ()) + len(page.events))
             with self.database.write([tech]) as session:
                 for event in page.events:
                     if seen is not None:
