@@ -69,6 +69,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "poll_seconds": Option(300, int, "Safety-net polling interval per calendar"),
         "watch_ttl_seconds": Option(7 * 24 * 3600, int, "Requested lifetime of push channels"),
         "workers": Option(2, int, "Sync worker threads in serve / worker"),
+        "push": Option(True, _to_bool, "Ask providers for push notifications (else poll only)"),
     },
     "logging": {
         "level": Option("info", str, "debug, info, warning or error"),

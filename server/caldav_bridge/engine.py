@@ -283,6 +283,8 @@ class Bridge:
 
     # -- push channels ------------------------------------------------------------------
     def renew_watch(self, payload: dict[str, Any]) -> None:
+        if not self.config.get("sync", "push"):
+            return
         calendar, connection, tech = self._calendar(payload["calendar"])
         ttl = int(self.config.get("sync", "watch_ttl_seconds"))
         provider = self.open_provider(connection)
