@@ -300,7 +300,7 @@ class Bridge:
             if watch is not None:
                 row.watch_channel, row.watch_resource = watch.channel_id, watch.resource_id
                 row.watch_token, row.watch_expires = watch.token, watch.expires_at
-                renew_in = max(timedelta(minutes=1), (watch.expires_at - datetime.now(UTC)) / 2)
+                renew_in = max(timedelta(seconds=10), (watch.expires_at - datetime.now(UTC)) / 2)
                 jobs.enqueue(session, JOB_WATCH, {"calendar": row.id}, dedupe_key=f"watch:{row.id}", delay=renew_in)
         if old is not None:
             from server.providers.base import Watch
