@@ -38,8 +38,11 @@ class Database:
             )
             _configure_sqlite(self.engine)
         else:
+            # No server-side prepared statements: PostgreSQL's generic plan for
+            # "href = ANY(:list)" filters row by row (see docs/BENCHMARKS.md).
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                connect_args={"prepare_threshold": None},
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
