@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     calendars.add_argument("username")
     calendars.add_argument("--select", nargs="+", metavar="ID", help="sync these calendars (and the primary)")
     calendars.add_argument("--primary-only", action="store_true", help="sync the primary calendar only")
+    calendars.add_argument("--busy", action="store_true", help="sync every calendar the tech marks busy")
+    calendars.add_argument("--bookings-to", metavar="ID", help="write bookings to this calendar (default primary)")
     sync = commands.add_parser("sync", help="sync health and manual syncs").add_subparsers(dest="action", required=True)
     sync.add_parser("status", help="every connection: state, last success, lag, last error")
     now = sync.add_parser("now", help="sync a tech's calendars now")
@@ -152,7 +154,8 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
     elif args.command == "calendars":
         from server.sync_admin import choose_calendars
 
-        rows = choose_calendars(database, args.username, select_ids=args.select, primary_only=args.primary_only)
+        rows = choose_calendars(database, args.username, select_ids=args.select, primary_only=args.primary_only,
+                                busy=args.busy, bookings_to=args.bookings_to)
         if not rows:
             print(f"{args.username} has no connected calendars yet.")
         for remote_id, name, selected in rows:

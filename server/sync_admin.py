@@ -67,8 +67,10 @@ def sync_now(database: Database, username: str) -> int:
 
 
 def choose_calendars(database: Database, username: str, *, select_ids: list[str] | None = None,
-                     primary_only: bool = False) -> list[tuple[str, str, bool]]:
-    """Select calendars (by remote id) or go back to primary only; mirrors are created by the import."""
+                     primary_only: bool = False, busy: bool = False,
+                     bookings_to: str | None = None) -> list[tuple[str, str, bool]]:
+    """Choose which calendars sync (ids, every calendar marked busy, or primary only) and where
+    bookings go; mirrors for newly chosen calendars are created by the import it queues."""
     with database.write([username]) as session:
         tech = session.scalar(select(Tech).where(Tech.username == username))
         if tech is None:
@@ -80,10 +82,22 @@ def choose_calendars(database: Database, username: str, *, select_ids: list[str]
             unknown = set(select_ids) - {r.remote_id for r in rows}
             if unknown:
                 raise AdminError(f"unknown calendar id(s): {', '.join(sorted(unknown))}")
-        if select_ids or primary_only:
-            for row in rows:
-                row.selected = row.primary or (bool(select_ids) and row.remote_id in (select_ids or []))
+        if bookings_to is not None:
+            target = next((r for r in rows if r.remote_id == bookings_to), None)
+            if target is None:
+                raise AdminError(f"unknown calendar id: {bookings_to}")
+            target.selected = True
             for connection in connections:
-                connection.selection = "primary" if primary_only else "chosen"
+                if connection.id == target.connection_id:
+                    connection.booking_calendar = target.remote_id
+        if select_ids or primary_only or busy:
+            for row in rows:
+                chosen = (busy and row.busy) or row.remote_id in (select_ids or [])
+                row.selected = row.primary or chosen or any(
+                    c.booking_calendar == row.remote_id for c in connections if c.id == row.connection_id)
+            for connection in connections:
+                connection.selection = "primary" if primary_only else ("busy" if busy else "chosen")
+        if select_ids or primary_only or busy or bookings_to is not None:
+            for connection in connections:
                 jobs.enqueue(session, JOB_IMPORT, {"connection": connection.id}, dedupe_key=f"import:{connection.id}")
         return [(r.remote_id, r.name, r.selected) for r in rows]

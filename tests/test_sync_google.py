@@ -279,3 +279,32 @@ def _connection_state(server: LockstepServer, user: str) -> str:
     with server.database.read() as session:
         return session.scalar(select(Connection.state).join(Tech, Tech.id == Connection.tech_id)
                               .where(Tech.username == user)) or ""
+
+
+def test_choosing_calendars_and_the_bookings_target(server: LockstepServer, api: Api, google: GoogleSandbox) -> None:
+    user, password = server.add_tech()
+    email = f"{user}@example.com"
+    google.add_user(email)
+    team = google.add_calendar(email, "Team Rota")
+    team_id = team if isinstance(team, str) else team["id"]
+    connect_google(server, google, user)
+    listing = eventually(lambda: team_id in (out := server.cli("calendars", user).stdout) and out, what="calendar list")
+    assert f"[ ] Team Rota" in listing and "[x]" in listing
+
+    server.cli("calendars", user, "--select", team_id)
+    team_url = f"{server.dav_url}{user}/google-team-rota/"
+    eventually(lambda: requests.request("PROPFIND", team_url, auth=(user, password),
+                                        headers={"Depth": "0"}).status_code == 207, what="the Team mirror")
+    google.create_event(team_id, {"summary": "On call", "start": {"dateTime": "2026-12-01T19:00:00Z"},
+                                  "end": {"dateTime": "2026-12-01T20:00:00Z"}})
+    eventually(lambda: {"start": "2026-12-01T19:00:00Z", "end": "2026-12-01T20:00:00Z"} in _busy(api, user),
+               what="the Team calendar blocking time")
+
+    server.cli("calendars", user, "--bookings-to", team_id)
+    time_slot = {"start": "2026-12-01T21:00:00Z", "end": "2026-12-01T22:00:00Z"}
+    import time
+
+    time.sleep(1)
+    uid = api.post("/bookings", {"tech": user, "summary": "To the team calendar", **time_slot}).json()["uid"]
+    eventually(lambda: any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
+                           for e in google.stored_events(team_id)), what="the booking in the Team calendar")
