@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
 """CalDAV latency benchmark: Lockstep (SQLite / PostgreSQL) against stock Radicale 3.9.
 
-One run starts, one at a time, stock Radicale 3.9 (multifilesystem storage,
-plain htpasswd) and ``lockstep serve`` on each requested backend, all on
-127.0.0.1; loads the same generated calendar into each through individual
-PUTs, then times the same CalDAV requests against each with the same client
-code (one ``requests.Session``, keep-alive, Basic auth) and prints a Markdown
-table of median / p95 latencies and Lockstep/stock ratios (lower is better).
+One run starts stock Radicale 3.9 (multifilesystem storage, plain htpasswd)
+and ``lockstep serve`` on each requested backend, all on 127.0.0.1; loads the
+same generated calendar into each, one server after the other, with one PUT
+per event (stock Radicale: see ``--stock-load``); then times the same CalDAV
+requests against every server with the same client code (one
+``requests.Session`` each, keep-alive, Basic auth), round-robin so that
+background load on the machine hits every server alike, and prints a
+Markdown table of median / p95 latencies and Lockstep/stock ratios (lower is
+better).
 
     cd /work/main
     LOCKSTEP_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
         .venv/bin/python bench/dav_bench.py --events 5000 --backends sqlite,postgresql
 
-Everything it starts is stopped on exit, on errors and on Ctrl-C / SIGTERM;
-the whole run is bounded by ``--deadline`` seconds. With ``--py-spy`` (and
-``py-spy`` on PATH) each Lockstep server is sampled during the measurement
-phase and a collapsed-stack file is written next to the JSON results.
+Everything it starts is stopped on exit, on errors, on Ctrl-C and on
+SIGTERM; ``--deadline`` bounds the whole run. ``--py-spy`` (with ``py-spy`` on
+PATH) records collapsed stacks of every server while loading and measuring.
+Results and their reading: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -175,7 +178,7 @@ def make_event(rng: random.Random, index: int, uid: str | None = None, sequence:
               f"CATEGORIES:{rng.choice(CATEGORIES)}",
               "STATUS:CONFIRMED"]
     if rng.random() < 0.4:
-        event += [f"ORGANIZER;CN=Dispatch:mailto:dispatch@example.com",
+        event += ["ORGANIZER;CN=Dispatch:mailto:dispatch@example.com",
                   f"ATTENDEE;CN=Tech {index % 17};ROLE=REQ-PARTICIPANT;PARTSTAT=ACCEPTED:"
                   f"mailto:tech{index % 17}@example.com",
                   f"ATTENDEE;CN=Customer {index};ROLE=OPT-PARTICIPANT;PARTSTAT=NEEDS-ACTION:"
@@ -281,14 +284,14 @@ class Client:
         self.session.close()
 
     def request(self, method: str, url: str, body: str | bytes | None = None,
-                headers: dict[str, str] | None = None, expect: tuple[int, ...] = (200,)
-                ) -> tuple[requests.Response, float]:
+                headers: dict[str, str] | None = None, expect: tuple[int, ...] = (200,),
+                timeout: float = 120.0) -> tuple[requests.Response, float]:
         """One request, fully read; returns (response, seconds)."""
         if time.monotonic() > self.deadline:
             raise BenchTimeout("--deadline reached")
         data = body.encode() if isinstance(body, str) else body
         started = time.perf_counter()
-        response = self.session.request(method, url, data=data, headers=headers, timeout=120)
+        response = self.session.request(method, url, data=data, headers=headers, timeout=timeout)
         _ = response.content
         elapsed = time.perf_counter() - started
         if response.status_code not in expect:
@@ -380,7 +383,7 @@ class Bench:
         started = time.perf_counter()
         if import_first:
             _, seconds = client.request("PUT", client.calendar_url, merged_calendar(self.events[:import_first]),
-                                        ICS_HEADERS, expect=(201,))
+                                        ICS_HEADERS, expect=(201,), timeout=900.0)
             target.import_seconds, target.imported = seconds, import_first
             response, _ = client.request("PROPFIND", client.calendar_url, PROPFIND_BODY,
                                          {**XML_HEADERS, "Depth": "1"}, expect=(207,))
@@ -493,10 +496,12 @@ class Bench:
                 if op == "query_week" and args.skip_query:
                     continue
                 results = {t.key: t.ops.setdefault(op, OpResult()) for t in targets}
-                started = time.monotonic()
+                started = started_timed = time.monotonic()
                 budget = args.op_seconds * len(targets)
                 for i in range(args.warmup + args.repeat):
                     warm = i < args.warmup
+                    if warm and i > 0 and time.monotonic() - started > args.op_seconds:
+                        continue  # one warm-up round is enough for the slow operations
                     order = targets if i % 2 == 0 else targets[::-1]
                     for target in order:
                         run_once, check = ops[target.key][op]
@@ -505,8 +510,10 @@ class Bench:
                             results[target.key].items = check(response.content)
                         if not warm:
                             results[target.key].samples_ms.append(seconds * 1000)
-                    done = i + 1 - args.warmup
-                    if done >= args.min_repeat and time.monotonic() - started > budget:
+                    if warm:
+                        started_timed = time.monotonic()
+                    elif (len(results[targets[0].key].samples_ms) >= args.min_repeat
+                          and time.monotonic() - started_timed > budget):
                         break
                 log("measure", f"{op}: " + "; ".join(
                     f"{t.key} median {results[t.key].median:.1f} ms p95 {results[t.key].p95:.1f} ms"
@@ -563,7 +570,38 @@ def start_lockstep(stack: contextlib.ExitStack, bench: Bench, work: Path, backen
     stack.callback(client.close)
     target = Target(backend, f"Lockstep {backend}", client, server.process.pid)
     bench.prepare(target)
+    if backend == "postgresql" and bench.args.pg_analyze:
+        analyze_schema(server.database_url)
+        log(backend, "ANALYZE done on the bench schema (--pg-analyze)")
     return target
+
+
+def analyze_schema(database_url: str) -> None:
+    """ANALYZE every table of the bench schema, as autovacuum would in time (the test
+    cluster here runs with autovacuum off, so without this the planner has no statistics)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            tables = connection.execute(sqlalchemy.text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars().all()
+            for table in tables:
+                connection.execute(sqlalchemy.text(f'ANALYZE "{table}"'))
+    finally:
+        engine.dispose()
+
+
+def git_describe() -> str:
+    """The commit measured, and whether server/ differs from it (best effort)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--short", "--untracked-files=no", "--", "server"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head or 'unknown'}" + (" + uncommitted changes in server/" if dirty else ", server/ clean")
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -618,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=5000, help="events loaded into each calendar")
     parser.add_argument("--repeat", type=int, default=30, help="timed repetitions per operation (at most)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
-    parser.add_argument("--min-repeat", type=int, default=10,
+    parser.add_argument("--min-repeat", type=int, default=5,
                         help="an operation may stop early, after its time budget, once it has this many")
     parser.add_argument("--op-seconds", type=float, default=15.0,
                         help="soft time budget per operation and server")
@@ -626,11 +664,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated Lockstep backends (postgresql needs ${PG_ENV})")
     parser.add_argument("--stock-load", choices=("mixed", "put"), default="mixed",
                         help="put: load stock Radicale with one PUT per event like Lockstep (its PUT of a "
-                             "new item is O(collection size): ~20 min for 5000 events); mixed (default): "
+                             "new item is O(collection size): ~15 min for 5000 events here); mixed (default): "
                              "import all but the last --stock-tail events in one whole-collection PUT, "
                              "then PUT the rest one by one")
     parser.add_argument("--stock-tail", type=int, default=100,
                         help="PUTs whose latency is compared at the start / end of each load")
+    parser.add_argument("--pg-analyze", action="store_true",
+                        help="ANALYZE the PostgreSQL schema after loading (as autovacuum would do)")
     parser.add_argument("--skip-query", action="store_true", help="skip the calendar-query")
     parser.add_argument("--seed", type=int, default=20260105)
     parser.add_argument("--progress-every", type=int, default=500)
@@ -654,12 +694,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.py_spy:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
 
+    # Explicit handlers: a shell starting us in the background may have left SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     began = time.monotonic()
     deadline = began + args.deadline
     print(f"# dav_bench: {args.events} events, repeat {args.repeat} (+{args.warmup} warm-up), backends "
           f"{','.join(backends)}; nproc {os.cpu_count()}, Python {platform.python_version()}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"# Lockstep tree: {git_describe()}", flush=True)
     events = make_events(args.events, args.seed)
     print(f"# generated {len(events)} events, {sum(len(t) for _, t in events) / len(events):.0f} bytes "
           f"on average", flush=True)
@@ -684,9 +727,9 @@ def main(argv: list[str] | None = None) -> int:
         except BenchTimeout:
             print(f"\n--deadline {args.deadline:.0f}s reached: stopping every server", file=sys.stderr, flush=True)
             return 3
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     total = time.monotonic() - began
+    if len(targets) > 1:
+        print("\n" + markdown(targets, args), flush=True)
     if args.json:
         args.json.write_text(json.dumps({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -697,9 +740,6 @@ def main(argv: list[str] | None = None) -> int:
                          "ops": {k: {"samples_ms": v.samples_ms, "items": v.items} for k, v in t.ops.items()}}
                         for t in targets],
         }, indent=1))
-    if len(targets) > 1:
-        print()
-        print(markdown(targets, args))
     print(f"total runtime {total:.0f} s (load average now "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
     return 0

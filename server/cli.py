@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("provider", choices=("google",))
     connect.add_argument("username")
 
+    disconnect = commands.add_parser("disconnect", help="disconnect a tech's calendar account")
+    disconnect.add_argument("provider", choices=("google",))
+    disconnect.add_argument("username")
+
     calendars = commands.add_parser("calendars", help="list or choose a tech's synced calendars")
     calendars.add_argument("username")
     calendars.add_argument("--select", nargs="+", metavar="ID", help="sync these calendars (and the primary)")
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_admin(config: Config, args: argparse.Namespace) -> int:
     from server import techs
+    from server.techs import AdminError
     from server.app import open_database
 
     database = open_database(config)
@@ -151,6 +156,17 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         link = create_consent_link(database, config, args.username, args.provider)
         print(f"Send this link to {args.username}; it works once, for one hour:")
         print(link)
+    elif args.command == "disconnect":
+        from server.caldav_bridge.engine import Bridge
+        from server.connections import key_ring
+        from server.security import load_or_create_secret_key
+
+        ring = key_ring(config, load_or_create_secret_key(config.data_dir, config.get("security", "secret_key")))
+        try:
+            removed = Bridge(database, config, ring).disconnect(args.username, args.provider)
+        except LookupError as exc:
+            raise AdminError(str(exc)) from None
+        print(f"Disconnected {args.provider} for {args.username}; {removed} mirrored calendar(s) removed.")
     elif args.command == "calendars":
         from server.sync_admin import choose_calendars
 

@@ -308,3 +308,22 @@ def test_choosing_calendars_and_the_bookings_target(server: LockstepServer, api:
     uid = api.post("/bookings", {"tech": user, "summary": "To the team calendar", **time_slot}).json()["uid"]
     eventually(lambda: any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
                            for e in google.stored_events(team_id)), what="the booking in the Team calendar")
+
+
+def test_disconnect_stops_channels_and_removes_mirrors(server: LockstepServer, api: Api, google: GoogleSandbox,
+                                                       connected: tuple[str, str]) -> None:
+    user, password = connected
+    email = f"{user}@example.com"
+    google.create_event(email, {"summary": "Private", "start": {"dateTime": "2026-12-01T15:00:00Z"},
+                                "end": {"dateTime": "2026-12-01T16:00:00Z"}})
+    eventually(lambda: _busy(api, user), what="the Google event in free/busy")
+    eventually(lambda: [c for c in google.channels() if c["calendarId"] == email and not c["stopped"]],
+               what="a push channel")
+    out = server.cli("disconnect", "google", user).stdout
+    assert "Disconnected google" in out
+    assert not [c for c in google.channels() if c["calendarId"] == email and not c["stopped"]]
+    assert requests.request("PROPFIND", f"{server.dav_url}{user}/google-primary/", auth=(user, password),
+                            headers={"Depth": "0"}).status_code == 404
+    assert _busy(api, user) == []
+    again = server.cli("disconnect", "google", user, check=False)
+    assert again.returncode == 1 and "no google connection" in again.stderr

@@ -310,6 +310,37 @@ class Bridge:
             except Exception as exc:  # noqa: BLE001 - an orphaned channel only costs a stray notification
                 log.warning("could not stop old channel of %s: %s", calendar.local_path, exc)
 
+    def disconnect(self, username: str, provider_name: str) -> int:
+        """Stop push channels, forget the connection, remove its mirror calendars; returns mirrors removed."""
+        with self.database.read() as session:
+            connection = session.scalar(select(Connection).join(Tech, Tech.id == Connection.tech_id).where(
+                Tech.username == username, Connection.provider == provider_name))
+            calendars = list(session.scalars(select(RemoteCalendarRow).where(
+                RemoteCalendarRow.connection_id == connection.id))) if connection else []
+        if connection is None:
+            raise LookupError(f"{username} has no {provider_name} connection")
+        from server.providers.base import Watch
+
+        try:
+            provider = self.open_provider(connection)
+            for calendar in calendars:
+                if calendar.watch_channel:
+                    provider.stop_watch(Watch(calendar.watch_channel, calendar.watch_resource,
+                                              calendar.watch_expires or datetime.now(UTC), calendar.watch_token))
+        except Exception as exc:  # noqa: BLE001 - revoked grants cannot stop channels; they expire anyway
+            log.warning("disconnect %s/%s: could not stop push channels: %s", username, provider_name, exc)
+        with self.database.write([username]) as session:
+            removed = 0
+            for calendar in calendars:
+                if calendar.local_path and store.get_collection(session, calendar.local_path) is not None:
+                    store.delete_collection_tree(session, calendar.local_path)
+                    removed += 1
+            row = session.get(Connection, connection.id)
+            if row is not None:
+                session.delete(row)
+        log.info("disconnected %s from %s: %d mirror calendar(s) removed", username, provider_name, removed)
+        return removed
+
     # -- shared -------------------------------------------------------------------
     def _connection(self, connection_id: int) -> tuple[Connection, str]:
         with self.database.read() as session:
