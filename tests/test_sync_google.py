@@ -85,6 +85,8 @@ def test_personal_event_blocks_and_shows_over_caldav(server: LockstepServer, api
         "end": {"dateTime": "2026-12-01T21:00:00Z"}})
     eventually(lambda: {"start": "2026-12-01T20:00:00Z", "end": "2026-12-01T21:00:00Z"} in _busy(api, user),
                what="personal event in free/busy")
+    sync = api.get("/freebusy", tech=user, **DAY).json()["techs"][user]["sync"]
+    assert sync["state"] == "ok" and sync["last_success"].endswith("Z")
     listing = requests.request("PROPFIND", f"{server.dav_url}{user}/google-primary/", auth=(user, password),
                                headers={"Depth": "1"})
     assert listing.text.count(".ics</href>") == 1
@@ -252,6 +254,7 @@ def test_revoked_grant_needs_reauth_keeps_booking_and_reports_the_gap(server: Lo
     server.cli("sync", "now", user)
 
     eventually(lambda: _connection_state(server, user) == "needs_reauth", what="needs_reauth")
+    assert api.get("/freebusy", tech=user, **DAY).json()["techs"][user]["sync"]["state"] == "needs_reauth"
     booked = api.post("/bookings", {"tech": user, "start": "2026-12-07T17:00:00Z", "end": "2026-12-07T18:00:00Z",
                                     "summary": "During the outage"})
     assert booked.status_code == 201

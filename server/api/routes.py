@@ -16,7 +16,7 @@ from server.db import Database
 from server.freebusy import index as busy_index
 from server.freebusy.availability import free_slots
 from server.freebusy.vfreebusy import vfreebusy
-from server.models import Tech
+from server.models import Connection, Tech
 from server.principals import KIND_TOKEN, SCOPE_BOOKINGS, TOKEN_SCOPES
 
 UTC = timezone.utc
@@ -70,9 +70,10 @@ def create_api(database: Database) -> Blueprint:
         with database.read() as session:
             policies = _policies(session, techs)
             spans = busy_index.busy_for_many(session, policies, start, end)
+            health = sync_health(session, techs)
         answer = {
             tech: {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
-                   "sync": {"state": "not_connected", "last_success": None}}
+                   "sync": health[tech]}
             for tech, (busy, tentative) in ((t, spans[t]) for t in techs)
         }
         if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
@@ -163,8 +164,9 @@ def create_api(database: Database) -> Blueprint:
     @requires("freebusy")
     def health():  # type: ignore[no-untyped-def]
         with database.read() as session:
-            names = session.scalars(select(Tech.username).order_by(Tech.username)).all()
-        return jsonify(status="ok", techs={n: {"state": "not_connected", "last_success": None} for n in names})
+            names = list(session.scalars(select(Tech.username).order_by(Tech.username)))
+            health = sync_health(session, names)
+        return jsonify(status="ok", techs=health)
 
     def _booking_tech(uid: str) -> str:
         found = bookings.find_booking(database, uid)
@@ -173,6 +175,22 @@ def create_api(database: Database) -> Blueprint:
         return found[0]
 
     return api
+
+
+def sync_health(session: Any, techs: list[str]) -> dict[str, dict[str, Any]]:
+    """Per tech: the worst state of their connections (not_connected without any), last success."""
+    rank = {"ok": 0, "degraded": 1, "needs_reauth": 2}
+    health: dict[str, dict[str, Any]] = {t: {"state": "not_connected", "last_success": None} for t in techs}
+    rows = session.execute(select(Tech.username, Connection.state, Connection.last_success)
+                           .join(Connection, Connection.tech_id == Tech.id).where(Tech.username.in_(techs))).all()
+    for tech, state, last_success in rows:
+        current = health[tech]
+        if current["state"] == "not_connected" or rank.get(state, 1) > rank.get(current["state"], 0):
+            current["state"] = state
+        if last_success is not None:
+            stamp = bookings.rfc3339(last_success if last_success.tzinfo else last_success.replace(tzinfo=UTC))
+            current["last_success"] = max(filter(None, [current["last_success"], stamp]))
+    return health
 
 
 def _policies(session: Any, techs: list[str]) -> dict[str, Any]:
