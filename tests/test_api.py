@@ -232,3 +232,17 @@ def test_minimum_notice_hides_slots_too_soon(server: LockstepServer, api: Api) -
     earliest = datetime.strptime(slots[0]["start"], fmt).replace(tzinfo=timezone.utc)
     assert earliest >= now + timedelta(minutes=180)
     assert earliest < now + timedelta(minutes=180 + 60)
+
+
+def test_caldav_freebusy_view_uses_the_index(server: LockstepServer, api: Api) -> None:
+    """``GET <calendar>?view=freebusy`` places an all-day event in the tech's working hours too."""
+    user, password = server.add_tech(tz="Europe/Berlin")
+    pto = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:pto-view\r\nDTSTAMP:20261101T000000Z\r\n"
+           "DTSTART;VALUE=DATE:20261201\r\nDTEND;VALUE=DATE:20261202\r\nSUMMARY:PTO\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    url = f"{server.dav_url}{user}/bookings/"
+    assert _dav(server, (user, password)).put(url + "pto.ics", data=pto).status_code == 201
+    view = _dav(server, (user, password)).get(url, params={"view": "freebusy", "start": "20261130T000000Z",
+                                                            "end": "20261203T000000Z"})
+    assert view.status_code == 200 and view.headers["Content-Type"].startswith("text/calendar")
+    text = view.text.replace("\r\n ", "")
+    assert "FREEBUSY;FBTYPE=BUSY:20261201T070000Z/20261201T160000Z" in text  # 08-17 Berlin (UTC+1)
