@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.support.dav import multiget_body, sync_collection_body  # noqa: E402
 from tests.support.lockstep_server import PG_ENV, running_server  # noqa: E402
 from tests.support.stock_radicale import start_stock_radicale  # noqa: E402
 
@@ -210,24 +211,6 @@ MKCALENDAR_BODY = (
     '<C:supported-calendar-component-set><C:comp name="VEVENT"/>'
     "</C:supported-calendar-component-set></D:prop></D:set></C:mkcalendar>"
 )
-
-
-def multiget_body(hrefs: list[str]) -> str:
-    refs = "".join(f"<D:href>{h}</D:href>" for h in hrefs)
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>'
-        '<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
-        f"<D:prop><D:getetag/><C:calendar-data/></D:prop>{refs}</C:calendar-multiget>"
-    )
-
-
-def sync_body(token: str) -> str:
-    token_xml = f"<D:sync-token>{token}</D:sync-token>" if token else "<D:sync-token/>"
-    return (
-        '<?xml version="1.0" encoding="utf-8"?><D:sync-collection xmlns:D="DAV:">'
-        f"{token_xml}<D:sync-level>1</D:sync-level><D:prop><D:getetag/></D:prop>"
-        "</D:sync-collection>"
-    )
 
 
 def query_body(start: datetime, end: datetime) -> str:
@@ -442,14 +425,14 @@ class Bench:
                                   depth1, expect=(207,))
 
         def sync_initial(i: int) -> tuple[requests.Response, float]:
-            return client.request("REPORT", calendar, sync_body(""), XML_HEADERS, expect=(207,))
+            return client.request("REPORT", calendar, sync_collection_body(""), XML_HEADERS, expect=(207,))
 
         def sync_incremental(i: int) -> tuple[requests.Response, float]:
             if state["token"] is None:
                 state["token"] = sync_token_of(sync_initial(i)[0].content)
             for href in rng_sync.sample(target.hrefs, 10):  # untimed: the 10 changes
                 self._update(target, href, rng_sync)
-            response, seconds = client.request("REPORT", calendar, sync_body(state["token"]),
+            response, seconds = client.request("REPORT", calendar, sync_collection_body(state["token"]),
                                                XML_HEADERS, expect=(207,))
             state["token"] = sync_token_of(response.content)
             return response, seconds

@@ -37,3 +37,15 @@ def tech(server: LockstepServer) -> tuple[str, str]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LockstepServer, LockstepServer]]:
+    """Two ``lockstep serve`` processes on one database, as behind a load balancer."""
+    with running_server(tmp_path_factory.mktemp(f"node-a-{backend}"), backend) as first:
+        second = LockstepServer(data_dir=tmp_path_factory.mktemp(f"node-b-{backend}"),
+                                database_url=first.database_url)
+        try:
+            yield first, second.start()
+        finally:
+            second.stop()

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 import requests
 
-from tests.support.lockstep_server import LockstepServer, running_server
+from tests.support.lockstep_server import LockstepServer
 
 REQUESTS = 20
 
 
-@pytest.fixture(scope="module")
-def nodes(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LockstepServer]]:
-    with running_server(tmp_path_factory.mktemp(f"race-a-{backend}"), backend) as first:
-        second = LockstepServer(data_dir=Path(tmp_path_factory.mktemp(f"race-b-{backend}")),
-                                database_url=first.database_url)
-        try:
-            yield [first, second.start()]
-        finally:
-            second.stop()
-
-
-def test_one_slot_twenty_requests_one_booking(nodes: list[LockstepServer]) -> None:
+def test_one_slot_twenty_requests_one_booking(two_nodes: tuple[LockstepServer, LockstepServer]) -> None:
+    nodes = two_nodes
     user, password = nodes[0].add_tech()
     name, secret = nodes[0].create_token(scope="bookings")
     barrier = threading.Barrier(REQUESTS)

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 import requests
 
 from tests.support.dav import event_ics, multistatus, report, sync_collection_body, sync_token
-from tests.support.lockstep_server import LockstepServer, running_server
+from tests.support.lockstep_server import LockstepServer
 
 WRITERS_PER_NODE = 4
 EVENTS_PER_WRITER = 15
 ROUNDS = 12
-
-
-@pytest.fixture(scope="module")
-def two_nodes(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LockstepServer, LockstepServer]]:
-    first_dir = tmp_path_factory.mktemp(f"node-a-{backend}")
-    with running_server(first_dir, backend) as first:
-        second = LockstepServer(data_dir=Path(tmp_path_factory.mktemp(f"node-b-{backend}")),
-                                database_url=first.database_url)
-        try:
-            yield first, second.start()
-        finally:
-            second.stop()
 
 
 def _session(auth: tuple[str, str]) -> requests.Session:

@@ -292,7 +292,7 @@ def test_choosing_calendars_and_the_bookings_target(server: LockstepServer, api:
     team_id = team if isinstance(team, str) else team["id"]
     connect_google(server, google, user)
     listing = eventually(lambda: team_id in (out := server.cli("calendars", user).stdout) and out, what="calendar list")
-    assert f"[ ] Team Rota" in listing and "[x]" in listing
+    assert "[ ] Team Rota" in listing and "[x]" in listing
 
     server.cli("calendars", user, "--select", team_id)
     team_url = f"{server.dav_url}{user}/google-team-rota/"

@@ -71,14 +71,13 @@ def create_api(database: Database) -> Blueprint:
             policies = _policies(session, techs)
             spans = busy_index.busy_for_many(session, policies, start, end)
             health = sync_health(session, techs)
+        if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
+            return Response(vfreebusy(start, end, {t: spans[t] for t in techs}), mimetype="text/calendar")
         answer = {
             tech: {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
                    "sync": health[tech]}
             for tech, (busy, tentative) in ((t, spans[t]) for t in techs)
         }
-        if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
-            body = vfreebusy(start, end, {t: (a["busy"], a["tentative"]) for t, a in answer.items()})
-            return Response(body, mimetype="text/calendar")
         return jsonify(start=bookings.rfc3339(start), end=bookings.rfc3339(end), techs=answer)
 
     @api.get("/availability")

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from server import jobs
 from server.caldav_bridge import mirror
+from server.caldav_bridge.conflicts import record_conflicts
 from server.caldav_bridge.outbox import dispatch_changes
 from server.config import Config
 from server.connections import google_settings
@@ -178,8 +179,6 @@ class Bridge:
             counts["updated"] += 1
         link.remote_etag, link.local_etag, link.updated_at = event.etag, data.etag, utcnow()
         session.flush()
-        from server.caldav_bridge.conflicts import record_conflicts
-
         record_conflicts(session, tech, local, href)
 
     def _adopt_booking(self, session: Any, calendar: RemoteCalendarRow, event: RemoteEvent) -> EventLink | None:
@@ -398,13 +397,13 @@ class Bridge:
     def _connection_of(self, payload: dict[str, Any]) -> int | None:
         if "connection" in payload:
             return int(payload["connection"])
-        with self.database.read() as session:
-            if "calendar" in payload:
+        if "path" in payload:
+            target = self._push_target(payload["path"], payload["path"].split("/", 1)[0])
+            return target[1].id if target else None
+        if "calendar" in payload:
+            with self.database.read() as session:
                 row = session.get(RemoteCalendarRow, payload["calendar"])
                 return row.connection_id if row else None
-            if "path" in payload:
-                target = self._push_target(payload["path"], payload["path"].split("/", 1)[0])
-                return target[1].id if target else None
         return None
 
     def dispatch(self) -> int:

@@ -28,19 +28,6 @@ HTTP_DATE = "%a, %d %b %Y %H:%M:%S GMT"
 _T = TypeVar("_T")
 
 
-def item_data(item: radicale_item.Item) -> store.ItemData:
-    """The columns the store keeps for a Radicale item (parsed once, at write time)."""
-    start, end = item.time_range
-    return store.ItemData(
-        text=item.serialize(),
-        uid=item.uid,
-        etag=item.etag,
-        component_name=item.component_name,
-        range_start=start,
-        range_end=end,
-    )
-
-
 class Collection(storage.BaseCollection):
     """A collection row seen through the current request's transaction."""
 
@@ -156,7 +143,7 @@ class Collection(storage.BaseCollection):
     ) -> tuple[radicale_item.Item, Optional[radicale_item.Item]]:
         if not pathutils.is_safe_filesystem_path_component(href):
             raise pathutils.UnsafePathError(href)
-        row, old = store.put_item(self._session, self._require_row(), href, item_data(item))
+        row, old = store.put_item(self._session, self._require_row(), href, store.item_data(item))
         return self._item(row), (self._item(old) if old is not None else None)
 
     def delete(self, href: Optional[str] = None) -> None:
@@ -316,7 +303,7 @@ class Storage(storage.BaseStorage):
             for item in items:
                 item_href = _free_href(item.uid, suffix, written)
                 written.add(item_href)
-                _, old = store.put_item(session, row, item_href, item_data(item))
+                _, old = store.put_item(session, row, item_href, store.item_data(item))
                 if old is not None:
                     replaced[item_href] = collection._item(old)
                 else:

@@ -258,6 +258,11 @@ def item_data_from_text(text: str, collection_path: str) -> ItemData:
     radicale_item.check_and_sanitize_items(components, tag="VCALENDAR", max_vevent_rrule_occurrence=limit)
     item = radicale_item.Item(collection_path=collection_path, vobject_item=components[0])
     item.prepare()
+    return item_data(item)
+
+
+def item_data(item: Any) -> ItemData:
+    """The columns the store keeps for a Radicale item (parsed once, at write time)."""
     start, end = item.time_range
     return ItemData(text=item.serialize(), uid=item.uid, etag=item.etag,
                     component_name=item.component_name, range_start=start, range_end=end)

@@ -7,10 +7,13 @@ from datetime import datetime, timezone
 
 import icalendar
 
+from server.freebusy.expand import Span
+
 UTC = timezone.utc
 
 
-def vfreebusy(start: datetime, end: datetime, techs: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]]) -> bytes:
+def vfreebusy(start: datetime, end: datetime, techs: dict[str, tuple[list[Span], list[Span]]]) -> bytes:
+    """``techs`` maps each tech to its (busy, tentative) merged UTC spans."""
     calendar = icalendar.Calendar()
     calendar.add("PRODID", "-//Lockstep//Free-Busy//EN")
     calendar.add("VERSION", "2.0")
@@ -23,12 +26,8 @@ def vfreebusy(start: datetime, end: datetime, techs: dict[str, tuple[list[dict[s
         component.add("DTEND", end)
         component.add("X-LOCKSTEP-TECH", tech)
         for fbtype, spans in (("BUSY", busy), ("BUSY-TENTATIVE", tentative)):
-            for span in spans:
-                period = (_parse(span["start"]), _parse(span["end"]))
+            for period in spans:
                 component.add("FREEBUSY", period, parameters={"FBTYPE": fbtype})
         calendar.add_component(component)
     return calendar.to_ical()
 
-
-def _parse(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
