@@ -65,6 +65,19 @@ SCHEMA: dict[str, dict[str, Option]] = {
             "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
             str, "Space-separated scopes (events read/write, calendar list read)"),
     },
+    "microsoft": {
+        "client_id": Option("", str, "Application (client) id of the Entra ID app registration"),
+        "client_secret": Option("", str, "Client secret of that app registration"),
+        "tenant": Option("common", str, "Tenant id or domain; common = any work or personal account"),
+        "authority": Option("", str, "Authority URL; default https://login.microsoftonline.com/TENANT"),
+        "graph_url": Option("https://graph.microsoft.com/v1.0", str, "Microsoft Graph base URL"),
+        "ca_bundle": Option("", str, "PEM CA bundle to trust for authority and Graph (sandbox only)"),
+        "subscription_minutes": Option(
+            10080, int, "Requested lifetime of Graph subscriptions (renewed at half-life)"),
+    },
+    "caldav": {
+        "poll_seconds": Option(300, int, "Polling interval for remote CalDAV accounts (no push)"),
+    },
     "sync": {
         "poll_seconds": Option(300, int, "Safety-net polling interval per calendar"),
         "watch_ttl_seconds": Option(7 * 24 * 3600, int, "Requested lifetime of push channels"),

@@ -21,6 +21,7 @@ from server.config import Config
 from server.crypto import KeyRing
 from server.db import Database
 from server.models import Connection, OAuthState, Tech
+from server.providers.google import GoogleProvider
 from server.providers.oauth_google import GoogleSettings, consent_url, exchange
 
 UTC = timezone.utc
@@ -41,9 +42,7 @@ class Connected:
 
 
 def google_settings(config: Config) -> GoogleSettings:
-    values = config.values["google"]
-    return GoogleSettings(values["client_id"], values["client_secret"], values["auth_uri"],
-                          values["token_uri"], values["api_endpoint"], tuple(values["scopes"].split()))
+    return GoogleProvider.settings_from(config)
 
 
 def key_ring(config: Config, secret_key: str) -> KeyRing:

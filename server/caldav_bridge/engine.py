@@ -21,7 +21,6 @@ from server.caldav_bridge import mirror
 from server.caldav_bridge.conflicts import record_conflicts
 from server.caldav_bridge.outbox import dispatch_changes
 from server.config import Config
-from server.connections import google_settings
 from server.crypto import KeyRing
 from server.dav import store
 from server.dav.rights import BOOKINGS_CALENDAR
@@ -48,9 +47,9 @@ class Bridge:
 
     # -- providers ---------------------------------------------------------------
     def open_provider(self, connection: Connection) -> Provider:
-        settings: Any = google_settings(self.config) if connection.provider == "google" else None
+        cls = provider_class(connection.provider)
         blob = self.ring.decrypt(connection.credentials)
-        return provider_class(connection.provider)(settings, Credentials(blob))
+        return cls(cls.settings_from(self.config), Credentials(blob))
 
     def _save_credentials(self, connection_id: int, provider: Provider, tech: str) -> None:
         credentials = provider.credentials()

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 class ProviderError(Exception):
@@ -96,6 +97,12 @@ class Provider(ABC):
     """A connected account of one tech."""
 
     name: str = ""
+
+    @classmethod
+    def settings_from(cls, config: Any) -> Any:
+        """The provider's part of the server config (``server.config.Config``), as its
+        constructor's first argument takes it; None for providers that need none."""
+        return None
 
     @abstractmethod
     def list_calendars(self) -> list[RemoteCalendar]: ...

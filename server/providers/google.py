@@ -26,6 +26,7 @@ from server.providers.base import (
 from server.providers.google_client import GoogleApiError, GoogleClient, GoogleConfig
 from server.providers.google_sync import ChangeReader
 from server.providers.google_write import EventWriter, event_id_for
+from server.providers.oauth_google import GoogleSettings
 
 __all__ = ["GoogleConfig", "GoogleProvider", "event_id_for"]
 
@@ -42,6 +43,12 @@ class GoogleProvider(Provider):
             credentials = Credentials(credentials)
         self.config = GoogleConfig.of(config)
         self.client = GoogleClient(self.config, credentials)
+
+    @classmethod
+    def settings_from(cls, config: Any) -> GoogleSettings:
+        values = config.values["google"]
+        return GoogleSettings(values["client_id"], values["client_secret"], values["auth_uri"],
+                              values["token_uri"], values["api_endpoint"], tuple(values["scopes"].split()))
 
     def __repr__(self) -> str:  # never the blob
         return f"GoogleProvider(client_id={self.config.client_id!r})"
