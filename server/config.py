@@ -82,6 +82,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "poll_seconds": Option(300, int, "Safety-net polling interval per calendar"),
         "watch_ttl_seconds": Option(7 * 24 * 3600, int, "Requested lifetime of push channels"),
         "workers": Option(2, int, "Sync worker threads in serve / worker"),
+        "lease_seconds": Option(
+            120, int, "How long a claimed job stays a worker's without renewal (taken over after)"),
         "push": Option(True, _to_bool, "Ask providers for push notifications (else poll only)"),
     },
     "logging": {

@@ -102,3 +102,28 @@ def test_waiting_duplicates_collapse(database: Database) -> None:
         assert jobs.enqueue(session, "sync", {"c": 1}, dedupe_key="mike/primary") is None
         assert jobs.enqueue(session, "sync", {"c": 2}, dedupe_key="ana/primary") is not None
     assert jobs.pending_counts(database) == {"ready": 2}
+
+
+def test_a_renewed_lease_holds_and_a_lost_one_changes_nothing(database: Database) -> None:
+    with database.write([]) as session:
+        jobs.enqueue(session, "sync", {"tech": "ana"})
+    lease = timedelta(seconds=1.5)
+    first = jobs.claim(database, worker="slow", lease=lease)
+    assert first is not None
+    with jobs.lease_kept(database, first, lease):  # renewed while the job runs past its lease
+        threading.Event().wait(3.5)
+        assert jobs.claim(database, worker="other") is None
+    second = None
+    for _ in range(100):  # no longer renewed: the lease runs out and the job is taken over
+        second = jobs.claim(database, worker="other", lease=timedelta(minutes=1))
+        if second is not None:
+            break
+        threading.Event().wait(0.1)
+    assert second is not None and second.id == first.id
+    # The stalled first worker wakes up: it can neither renew nor finish the taken-over job.
+    assert not jobs.renew(database, first)
+    assert jobs.complete(database, first) == jobs.LOST
+    assert jobs.fail(database, first, "late") == jobs.LOST
+    assert jobs.pending_counts(database) == {"running": 1}
+    assert jobs.complete(database, second) == jobs.DONE
+    assert jobs.pending_counts(database) == {"done": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from server import jobs
 from server.caldav_bridge.engine import Bridge
@@ -18,12 +19,14 @@ def run_job_once(bridge: Bridge) -> bool:
     """Dispatch new changes, then run one due job; False when there was nothing to do."""
     bridge.dispatch()
     handlers = bridge.handlers()
-    job = jobs.claim(bridge.database, list(handlers))
+    lease = timedelta(seconds=int(bridge.config.get("sync", "lease_seconds")))
+    job = jobs.claim(bridge.database, list(handlers), lease=lease)
     if job is None:
         return False
     started = time.monotonic()
     try:
-        handlers[job.kind](job.payload)
+        with jobs.lease_kept(bridge.database, job, lease):
+            handlers[job.kind](job.payload)
     except LookupError as exc:  # the calendar or connection is gone: nothing left to do
         log.info("job %s %s dropped: %s", job.kind, job.id, exc)
         jobs.complete(bridge.database, job)
