@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
 
+    demo = commands.add_parser("demo", help="try it: Google/Outlook emulators, seeded techs, on loopback")
+    demo.add_argument("--port", type=int, help="port of the Lockstep server (default 5232)")
+
     commands.add_parser("worker", help="background workers only (scale-out; today: busy-index horizon)")
 
     tech = commands.add_parser("tech", help="manage techs").add_subparsers(dest="action", required=True)
@@ -108,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from server.serve import serve
 
             return serve(config, args)
+        if args.command == "demo":
+            from server.demo import run_demo
+
+            return run_demo(args)
         if args.command == "worker":
             from server.serve import run_workers
 

@@ -19,6 +19,7 @@ from flask import Flask, Response, g, redirect, request
 from werkzeug.exceptions import HTTPException
 
 from server.sandbox import google_errors as errors
+from server.sandbox import google_web
 from server.sandbox.google_events import Params, etag_matches
 from server.sandbox.google_oauth import CALENDAR_SCOPE, OAuthError
 
@@ -233,6 +234,7 @@ def create_app(sb: GoogleSandbox) -> Flask:
     def health() -> Response:
         return _json({"ok": True, "base_url": sb.base_url})
 
+    google_web.register(app, sb)
     return app
 
 

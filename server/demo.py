@@ -1,0 +1,270 @@
+"""``lockstep demo``: the whole system on loopback, with no Google or Microsoft account.
+
+Starts the Google (and, when present, Graph) emulators from server/sandbox/,
+points Lockstep's provider settings at them, seeds three techs with realistic
+calendars (a weekly meeting, PTO, a tentative invitation), connects them
+through the real consent flows once the server is up, and prints where to
+look. Data lives in a fresh temporary directory unless ``--data`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import requests
+
+from server import techs
+from server.config import Config, load_config
+from server.connections import create_consent_link
+from server.db import Database
+from server.sandbox.google import GoogleSandbox
+
+log = logging.getLogger("lockstep.demo")
+SYNC_POLL_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class DemoTech:
+    username: str
+    name: str
+    tz: str
+    provider: str  # "google" or "microsoft"
+
+    @property
+    def email(self) -> str:
+        return f"{self.username}@example.com"
+
+
+TECHS = (
+    DemoTech("alice", "Alice Moreno", "America/New_York", "google"),
+    DemoTech("bob", "Bob Okafor", "America/Chicago", "microsoft"),
+    DemoTech("carmen", "Carmen Liu", "America/Los_Angeles", "google"),
+)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start emulators, configure and seed Lockstep, then serve until interrupted."""
+    from server.app import open_database
+    from server.serve import serve
+
+    data_dir = Path(args.data or tempfile.mkdtemp(prefix="lockstep-demo-"))
+    google = GoogleSandbox()
+    google.start("127.0.0.1")
+    graph = _start_graph()
+    port = int(args.port or 5232)
+    os.environ.update(_provider_env(google, graph, port))
+    config = load_config(data_dir, None)
+    database = open_database(config)
+    seeded = [tech for tech in TECHS if tech.provider == "google" or graph is not None]
+    passwords = {tech.username: _seed_tech(database, tech) for tech in seeded}
+    token = techs.create_token(database, "demo-booking-" + secrets.token_hex(2), "bookings")
+    admin_password = _seed_admin(database)
+    for tech in seeded:
+        _seed_remote_calendar(google if tech.provider == "google" else graph, tech)
+    database.dispose()
+
+    def connect_and_report() -> None:
+        _wait_until_up(config)
+        for tech in seeded:
+            _connect(database_for(config), config, tech, google, graph)
+        print(_summary(config, google, graph, seeded, passwords, f"{token.name}.{token.secret}",
+                       admin_password), flush=True)
+
+    threading.Thread(target=connect_and_report, name="demo-seed", daemon=True).start()
+    serve_args = argparse.Namespace(host="127.0.0.1", port=port, tls_cert=None, tls_key=None, no_workers=False)
+    try:
+        return serve(config, serve_args)
+    finally:
+        google.stop()
+        if graph is not None:
+            graph.stop()
+
+
+def database_for(config: Config) -> Database:
+    from server.app import open_database
+
+    return open_database(config, migrate=False)
+
+
+def _start_graph() -> Any | None:
+    """The Graph + Entra ID emulator, when this build has it."""
+    try:
+        from server.sandbox.graph import GraphSandbox
+    except ImportError:
+        return None
+    graph = GraphSandbox()
+    graph.start("127.0.0.1")
+    return graph
+
+
+def _provider_env(google: GoogleSandbox, graph: Any | None, port: int) -> dict[str, str]:
+    env = {
+        "LOCKSTEP_GOOGLE_CLIENT_ID": google.DEFAULT_CLIENT_ID,
+        "LOCKSTEP_GOOGLE_CLIENT_SECRET": google.DEFAULT_CLIENT_SECRET,
+        "LOCKSTEP_GOOGLE_AUTH_URI": google.auth_uri,
+        "LOCKSTEP_GOOGLE_TOKEN_URI": google.token_uri,
+        "LOCKSTEP_GOOGLE_API_ENDPOINT": google.api_endpoint,
+        "LOCKSTEP_SERVER_HOST": "127.0.0.1",
+        "LOCKSTEP_SERVER_PORT": str(port),
+        "LOCKSTEP_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "LOCKSTEP_SYNC_POLL_SECONDS": str(SYNC_POLL_SECONDS),
+    }
+    if graph is not None:
+        env.update({
+            "LOCKSTEP_MICROSOFT_CLIENT_ID": graph.DEFAULT_CLIENT_ID,
+            "LOCKSTEP_MICROSOFT_CLIENT_SECRET": graph.DEFAULT_CLIENT_SECRET,
+            "LOCKSTEP_MICROSOFT_AUTHORITY": graph.authority,
+            "LOCKSTEP_MICROSOFT_GRAPH_URL": graph.graph_url,
+            "LOCKSTEP_MICROSOFT_CA_BUNDLE": graph.ca_bundle,
+        })
+    return env
+
+
+def _seed_tech(database: Database, tech: DemoTech) -> str:
+    credential = techs.add_tech(database, tech.username, name=tech.name, email=tech.email, tz=tech.tz,
+                                hours="mon-fri 08:00-17:00")
+    return credential.secret
+
+
+def _seed_admin(database: Database) -> str | None:
+    """An admin login for the panel, when this build has the panel."""
+    try:
+        from admin import users as admin_users  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    password = secrets.token_urlsafe(9)
+    admin_users.create_admin(database, "admin", password)
+    return password
+
+
+def _next_weekday(start: date, weekday: int) -> date:
+    return start + timedelta(days=(weekday - start.weekday()) % 7 or 7)
+
+
+def _seed_remote_calendar(sandbox: Any, tech: DemoTech) -> None:
+    """A weekly team meeting, three days of PTO, a tentative invitation and a free reminder."""
+    zone = ZoneInfo(tech.tz)
+    today = datetime.now(zone).date()
+    monday = _next_weekday(today, 0)
+    wednesday = monday + timedelta(days=2)
+
+    def at(day: date, hour: int, minute: int = 0) -> datetime:
+        return datetime.combine(day, time(hour, minute), zone)
+
+    if tech.provider == "google":
+        sandbox.add_user(tech.email, tech.name, time_zone=tech.tz)
+        for event in _google_events(tech, at, monday, wednesday):
+            sandbox.create_event(tech.email, event)
+    else:
+        sandbox.add_user(tech.email, tech.name, time_zone=tech.tz)
+        for event in _graph_events(tech, at, monday, wednesday):
+            sandbox.create_event(tech.email, None, event)
+
+
+def _google_events(tech: DemoTech, at: Callable[..., datetime], monday: date, wednesday: date) -> list[dict]:
+    def when(moment: datetime) -> dict[str, str]:
+        return {"dateTime": moment.isoformat(), "timeZone": tech.tz}
+
+    return [
+        {"summary": "Team stand-up", "start": when(at(monday, 9)), "end": when(at(monday, 9, 30)),
+         "recurrence": ["RRULE:FREQ=WEEKLY;BYDAY=MO,WE,FR"]},
+        {"summary": "PTO", "start": {"date": (monday + timedelta(days=14)).isoformat()},
+         "end": {"date": (monday + timedelta(days=17)).isoformat()}},
+        {"summary": "Vendor call (maybe)", "start": when(at(wednesday, 14)), "end": when(at(wednesday, 15)),
+         "attendees": [{"email": tech.email, "self": True, "responseStatus": "tentative"},
+                       {"email": "vendor@example.net", "organizer": True, "responseStatus": "accepted"}]},
+        {"summary": "Water the plants", "start": when(at(wednesday, 12)), "end": when(at(wednesday, 12, 15)),
+         "transparency": "transparent"},
+    ]
+
+
+def _graph_events(tech: DemoTech, at: Callable[..., datetime], monday: date, wednesday: date) -> list[dict]:
+    def when(moment: datetime) -> dict[str, str]:
+        return {"dateTime": moment.replace(tzinfo=None).isoformat(), "timeZone": tech.tz}
+
+    return [
+        {"subject": "Team stand-up", "start": when(at(monday, 9)), "end": when(at(monday, 9, 30)),
+         "showAs": "busy",
+         "recurrence": {"pattern": {"type": "weekly", "interval": 1,
+                                    "daysOfWeek": ["monday", "wednesday", "friday"]},
+                        "range": {"type": "noEnd", "startDate": monday.isoformat(),
+                                  "recurrenceTimeZone": tech.tz}}},
+        {"subject": "PTO", "isAllDay": True, "showAs": "oof",
+         "start": {"dateTime": f"{monday + timedelta(days=14)}T00:00:00", "timeZone": tech.tz},
+         "end": {"dateTime": f"{monday + timedelta(days=17)}T00:00:00", "timeZone": tech.tz}},
+        {"subject": "Vendor call (maybe)", "showAs": "tentative", "start": when(at(wednesday, 14)),
+         "end": when(at(wednesday, 15))},
+        {"subject": "Water the plants", "showAs": "free", "start": when(at(wednesday, 12)),
+         "end": when(at(wednesday, 12, 15))},
+    ]
+
+
+def _wait_until_up(config: Config, timeout: float = 60.0) -> None:
+    deadline = datetime.now() + timedelta(seconds=timeout)
+    while datetime.now() < deadline:
+        try:
+            if requests.get(config.public_url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        threading.Event().wait(0.2)
+    raise RuntimeError("the demo server did not come up")
+
+
+def _connect(database: Database, config: Config, tech: DemoTech, google: GoogleSandbox, graph: Any | None) -> None:
+    """Walk the real consent flow as the tech's browser would, approving on the emulator's page."""
+    link = create_consent_link(database, config, tech.username, tech.provider)
+    database.dispose()
+    session = requests.Session()
+    if graph is not None:
+        session.verify = graph.ca_bundle
+    answer = session.get(link, allow_redirects=False)
+    consent = answer.headers["Location"]
+    separator = "&" if "?" in consent else "?"
+    answer = session.get(consent + separator + "sandbox_consent=approve", allow_redirects=False)
+    callback = answer.headers.get("Location")
+    if callback is None:
+        log.warning("demo: %s did not redirect back for %s (HTTP %s)", tech.provider, tech.username,
+                    answer.status_code)
+        return
+    done = session.get(callback, allow_redirects=False)
+    if done.status_code != 200:
+        log.warning("demo: connecting %s to %s failed: HTTP %s", tech.username, tech.provider, done.status_code)
+
+
+def _summary(config: Config, google: GoogleSandbox, graph: Any | None, seeded: list[DemoTech],
+             passwords: dict[str, str], token: str, admin_password: str | None) -> str:
+    base = config.public_url
+    first = seeded[0]
+    tomorrow = date.today() + timedelta(days=1)
+    lines = ["", "Lockstep demo is ready.", ""]
+    if admin_password:
+        lines += [f"  Admin panel:      {base}/admin/   (user admin, password {admin_password})"]
+    lines += [
+        f"  CalDAV account:   {base}/dav/   user {first.username}, password {passwords[first.username]}",
+        f"  Google Calendar:  {google.base_url}/_sandbox/calendar/{first.email}"
+        "   (add a personal event here ...)",
+        f"  Availability:     curl -H 'Authorization: Bearer {token}' \\",
+        f"                      '{base}/api/v1/availability?tech={first.username}"
+        f"&start={tomorrow}T00:00:00Z&end={tomorrow + timedelta(days=1)}T00:00:00Z&duration=60'",
+        "                    (... and watch its slot disappear here)",
+        "",
+        "  Techs: " + ", ".join(f"{t.username} ({t.provider}, {t.tz}, password {passwords[t.username]})"
+                                 for t in seeded),
+        f"  API token (bookings scope): {token}",
+    ]
+    if graph is None:
+        lines.append("  (the Outlook emulator is not part of this build; bob is left out)")
+    lines.append("  Press Ctrl-C to stop; data is in " + str(config.data_dir))
+    return "\n".join(lines)
