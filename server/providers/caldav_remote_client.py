@@ -85,6 +85,16 @@ def xml(element: Any) -> str:
                           xml_declaration=True).decode("utf-8")
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A 403 the caller asked to see: the caldav library raises it, the caller wants it like a
+    DAVResponse (``status``, ``headers`` and the raw body that :func:`preconditions` reads)."""
+
+    status: int
+    headers: dict[str, str]
+    _raw: bytes | str
+
+
 class DavSession:
     """The DAVClient of one account (one thread at a time, like the session it wraps)."""
 
@@ -124,9 +134,18 @@ class DavSession:
              headers: Mapping[str, str] | None = None, *, ok: Iterable[int] = ()) -> DAVResponse:
         """One raw request; a status outside 2xx and ``ok`` raises the translated error."""
         allowed = set(ok)
-        response = self.call(what, lambda: self.client.request(url, method, body, dict(headers or {})))
+
+        def request() -> DAVResponse | Refusal:
+            try:
+                return self.client.request(url, method, body, dict(headers or {}))
+            except dav_error.AuthorizationError as exc:  # the library raises on 401/403
+                if exc.status in allowed:
+                    return Refusal(exc.status, {}, exc.body or b"")
+                raise
+
+        response = self.call(what, request)
         if 200 <= response.status < 300 or response.status in allowed:
-            return response
+            return response  # type: ignore[return-value]
         raise translate_status(response.status, what, preconditions(response),
                                response.headers.get("Retry-After"))
 
