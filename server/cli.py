@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create a credential for booking software")
     create.add_argument("name")
     create.add_argument("--scope", choices=("freebusy", "bookings"), default="freebusy")
+
+    admin = commands.add_parser("admin", help="admin panel users").add_subparsers(dest="action", required=True)
+    admin_create = admin.add_parser("create", help="create a panel user; the password is prompted for "
+                                                   "(or read from the first line of stdin), never an argument")
+    admin_create.add_argument("username")
     return parser
 
 
@@ -207,6 +212,10 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         print(f"CalDAV Basic auth: user name {credential.name}, password {credential.secret}")
         print("HTTP API: Authorization: Bearer <the token on the next line>")
         print(f"{credential.name}.{credential.secret}")
+    elif args.command == "admin" and args.action == "create":
+        from admin.cli import create_admin_user
+
+        print(create_admin_user(database, config, args.username))
     database.dispose()
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from sqlalchemy import text
 
+from admin import create_admin_blueprint
 from server.api.routes import create_api
 from server.config import Config
 from server.connections import key_ring
@@ -20,6 +21,7 @@ def create_flask_app(database: Database, config: Config, secret_key: str) -> Fla
     app.register_blueprint(create_api(database))
     app.register_blueprint(create_oauth_blueprint(database, config, key_ring(config, secret_key)))
     app.register_blueprint(create_hooks_blueprint(database))
+    app.register_blueprint(create_admin_blueprint(database, config, secret_key))
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
