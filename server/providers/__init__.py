@@ -10,6 +10,7 @@ from server.providers.base import Provider
 # name -> "module:Class"; providers are added here as they are built (google, microsoft, caldav).
 _REGISTRY: dict[str, str] = {
     "google": "server.providers.google:GoogleProvider",
+    "microsoft": "server.providers.microsoft:MicrosoftProvider",
     "caldav": "server.providers.caldav_remote:CalDAVProvider",
 }
 
