@@ -1,10 +1,13 @@
-"""Propagation latency and import cost of the Google sync, against the emulator, in one run.
+"""Propagation latency per provider, and import cost of the Google sync, in one run.
 
-    .venv/bin/python bench/propagation.py [--changes 200] [--poll-changes 60] [--import-events 10000]
+    .venv/bin/python bench/propagation.py [--providers google,microsoft,caldav] [--changes 200]
+        [--poll-changes 60] [--import-events 10000]
 
-Prints p50/p95 of: a change made in Google → visible in /api/v1/freebusy and
-over CalDAV, with push notifications and (same run, same machine) poll-only;
-a booking made through the API → present in Google. Then the time and the
+Prints p50/p95, for each provider (its emulator, or a second stock CalDAV
+server), of: a change made on the provider → visible in /api/v1/freebusy and
+over CalDAV, with push notifications and (same run, same machine) poll-only
+(CalDAV accounts have no push: poll-only); a booking made through the API →
+present on the provider. Then the time and the
 server's peak memory for initial imports of two sizes (memory should not grow
 with the event count). Loopback only; every server it starts is stopped.
 """
@@ -25,11 +28,11 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.caldav_bridge.mirror import mirror_href  # noqa: E402
 from server.sandbox.google import GoogleSandbox  # noqa: E402
 from tests.support.api import api_for  # noqa: E402
 from tests.support.google_env import connect_google, eventually, google_env  # noqa: E402
 from tests.support.lockstep_server import LockstepServer, running_server  # noqa: E402
+from tests.support.remote_accounts import PROVIDERS, RemoteAccount, open_account, utc_text  # noqa: E402
 
 POLL_SECONDS_POLL_ONLY = 5
 
@@ -52,50 +55,44 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
 
 
-def inbound_latencies(server: LockstepServer, google: GoogleSandbox, user: str, password: str,
+def inbound_latencies(server: LockstepServer, account: RemoteAccount, user: str, password: str,
                       changes: int) -> tuple[list[float], list[float]]:
-    """Seconds from an event created in Google until /api/v1/freebusy, and CalDAV, show it."""
+    """Seconds from an event created on the provider until /api/v1/freebusy, and CalDAV, show it."""
     api = api_for(server, "freebusy")
-    calendar = f"{user}@example.com"
     to_api, to_caldav = [], []
+    mirror = f"{server.dav_url}{user}/{account.mirror_slug}/"
     for n in range(changes):
         day, slot = 1 + n // 20, n % 20
-        start = f"2027-02-{day:02d}T{slot:02d}:00:00Z"
-        end = f"2027-02-{day:02d}T{slot:02d}:30:00Z"
+        start = datetime(2027, 2, day, slot, tzinfo=timezone.utc)
         created_at = time.monotonic()
-        event = google.create_event(calendar, {"summary": f"P{n}", "start": {"dateTime": start},
-                                               "end": {"dateTime": end}})
-        window = {"start": start, "end": end}
+        account.create(user, f"P{n}", start, start + timedelta(minutes=30))
+        window = {"start": utc_text(start), "end": utc_text(start + timedelta(minutes=30))}
 
         def in_api() -> bool:
-            busy = api.get("/freebusy", tech=user, **window).json()["techs"][user]["busy"]
-            return bool(busy)
+            return bool(api.get("/freebusy", tech=user, **window).json()["techs"][user]["busy"])
 
-        url = f"{server.dav_url}{user}/google-primary/{mirror_href(event['id'])}"
+        def in_caldav() -> bool:
+            listing = requests.request("PROPFIND", mirror, auth=(user, password), headers={"Depth": "1"})
+            return listing.text.count(".ics</") >= n + 1
+
         wait_until(in_api)
         to_api.append(time.monotonic() - created_at)
-        wait_until(lambda: requests.get(url, auth=(user, password)).status_code == 200)
+        wait_until(in_caldav)
         to_caldav.append(time.monotonic() - created_at)
         if (n + 1) % 25 == 0:
             log(f"  {n + 1}/{changes} changes measured")
     return to_api, to_caldav
 
 
-def outbound_latencies(server: LockstepServer, google: GoogleSandbox, user: str, bookings: int) -> list[float]:
+def outbound_latencies(server: LockstepServer, account: RemoteAccount, user: str, bookings: int) -> list[float]:
     api = api_for(server, "bookings")
-    calendar = f"{user}@example.com"
     samples = []
     for n in range(bookings):
         day, slot = 1 + n // 20, n % 20
         started = time.monotonic()
         uid = api.post("/bookings", {"tech": user, "start": f"2027-03-{day:02d}T{slot:02d}:00:00Z",
                                      "end": f"2027-03-{day:02d}T{slot:02d}:30:00Z", "summary": f"B{n}"}).json()["uid"]
-
-        def in_google() -> bool:
-            return any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
-                       for e in google.stored_events(calendar))
-
-        wait_until(in_google, step=0.02)
+        wait_until(lambda: any(e.lockstep_uid == uid for e in account.events(user)), step=0.02)
         samples.append(time.monotonic() - started)
     return samples
 
@@ -139,49 +136,55 @@ def _at(day: int, minute: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def measure_mode(google: GoogleSandbox, work: Path, backend: str, push: bool, changes: int) -> dict[str, list[float]]:
-    extra = {"LOCKSTEP_SYNC_PUSH": "true" if push else "false",
-             "LOCKSTEP_SYNC_POLL_SECONDS": "300" if push else str(POLL_SECONDS_POLL_ONLY)}
-    with running_server(work / ("push" if push else "poll"), backend, extra_env=google_env(google, **extra)) as server:
+def measure_mode(account: RemoteAccount, work: Path, backend: str, push: bool, changes: int,
+                 poll_seconds: int) -> dict[str, list[float]]:
+    extra = {**account.env(), "LOCKSTEP_SYNC_PUSH": "true" if push else "false",
+             "LOCKSTEP_SYNC_POLL_SECONDS": "300" if push else str(poll_seconds),
+             "LOCKSTEP_CALDAV_POLL_SECONDS": str(poll_seconds)}
+    mode = "push" if push else "poll-only"
+    with running_server(work / f"{account.provider}-{mode}", backend, extra_env=extra) as server:
         user, password = server.add_tech()
-        connect_google(server, google, user)
-        eventually(lambda: requests.request("PROPFIND", f"{server.dav_url}{user}/google-primary/",
+        account.connect(server, user)
+        eventually(lambda: requests.request("PROPFIND", f"{server.dav_url}{user}/{account.mirror_slug}/",
                                             auth=(user, password), headers={"Depth": "0"}).status_code == 207,
                    timeout=60, what="mirror calendar")
-        if push:
-            eventually(lambda: google.channels(), timeout=30, what="a push channel")
-        log(f"{'push' if push else 'poll-only'} ({backend}): measuring {changes} inbound changes")
-        to_api, to_caldav = inbound_latencies(server, google, user, password, changes)
-        results = {"inbound_api": to_api, "inbound_caldav": to_caldav}
-        if push:
-            log(f"push ({backend}): measuring {changes} bookings → Google")
-            results["outbound"] = outbound_latencies(server, google, user, changes)
-        return results
+        time.sleep(1)  # let the first sync and the push subscription settle
+        log(f"{account.provider} {mode} ({backend}): measuring {changes} inbound changes")
+        to_api, to_caldav = inbound_latencies(server, account, user, password, changes)
+        log(f"{account.provider} {mode} ({backend}): measuring {changes} bookings → {account.provider}")
+        return {"inbound_api": to_api, "inbound_caldav": to_caldav,
+                "outbound": outbound_latencies(server, account, user, changes)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--poll-changes", type=int, default=60, help="changes measured in poll-only mode")
-    parser.add_argument("--import-events", type=int, default=10000)
+    parser.add_argument("--import-events", type=int, default=10000, help="0 skips the import measurement")
     parser.add_argument("--small-import", type=int, default=2000)
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated, of {', '.join(PROVIDERS)}")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lockstep-prop-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        for provider in args.providers.split(","):
+            account = stack.enter_context(open_account(provider))
+            # CalDAV accounts have no push: they are measured at their poll interval only.
+            modes = [(False, args.poll_changes)] if provider == "caldav" else [
+                (True, args.changes), (False, args.poll_changes)]
+            for push, changes in modes:
+                results = measure_mode(account, work, args.backend, push, changes, POLL_SECONDS_POLL_ONLY)
+                mode = "push" if push else f"poll-only ({POLL_SECONDS_POLL_ONLY} s)"
+                for label, samples in ((f"{provider} change → /api/v1/freebusy, {mode}", results["inbound_api"]),
+                                       (f"{provider} change → CalDAV, {mode}", results["inbound_caldav"]),
+                                       (f"API booking → in {provider}, {mode}", results["outbound"])):
+                    p50, p95 = percentiles(samples)
+                    rows.append(f"| {label} | {len(samples)} | {p50 * 1000:.0f} ms | {p95 * 1000:.0f} ms |")
         google = stack.enter_context(GoogleSandbox())
-        push = measure_mode(google, work, args.backend, True, args.changes)
-        poll = measure_mode(google, work, args.backend, False, args.poll_changes)
-        for label, samples in (("Google change → /api/v1/freebusy, push", push["inbound_api"]),
-                               ("Google change → CalDAV, push", push["inbound_caldav"]),
-                               (f"Google change → /api/v1/freebusy, poll-only ({POLL_SECONDS_POLL_ONLY}s)", poll["inbound_api"]),
-                               (f"Google change → CalDAV, poll-only ({POLL_SECONDS_POLL_ONLY}s)", poll["inbound_caldav"]),
-                               ("API booking → in Google", push["outbound"])):
-            p50, p95 = percentiles(samples)
-            rows.append(f"| {label} | {len(samples)} | {p50 * 1000:.0f} ms | {p95 * 1000:.0f} ms |")
         imports = []
-        for events in (args.small_import, args.import_events):
+        for events in (n for n in (args.small_import, args.import_events) if n > 0):
             seconds, rss = import_cost(google, work, args.backend, events)
             imports.append(f"| {events:,} | {seconds:.1f} s | {events / seconds:.0f} events/s | {rss:.0f} MiB |")
     print(f"\nBackend: {args.backend}\n")

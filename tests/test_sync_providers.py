@@ -18,16 +18,14 @@ import requests
 from sqlalchemy import select
 
 from server.models import Conflict, Connection, Notification, Tech
-from server.sandbox.google import GoogleSandbox
 from tests.support.api import Api, api_for
 from tests.support.dav import multistatus
 from tests.support.google_env import eventually
 from tests.support.lockstep_server import LockstepServer, running_server
-from tests.support.remote_accounts import GoogleAccount, RemoteAccount, RemoteView
+from tests.support.remote_accounts import PROVIDERS, RemoteAccount, RemoteView, open_account
 
 DAY = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}
 UTC = timezone.utc
-PROVIDERS = ["google"]
 
 
 def at(text: str) -> datetime:
@@ -36,9 +34,8 @@ def at(text: str) -> datetime:
 
 @pytest.fixture(scope="module", params=PROVIDERS)
 def account(request: pytest.FixtureRequest) -> Iterator[RemoteAccount]:
-    if request.param == "google":
-        with GoogleSandbox() as sandbox:
-            yield GoogleAccount(sandbox)
+    with open_account(request.param) as remote:
+        yield remote
 
 
 @pytest.fixture(scope="module")

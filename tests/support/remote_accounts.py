@@ -10,6 +10,8 @@ provider's own test module.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -61,6 +63,19 @@ class RemoteAccount(Protocol):
 
     def revoke(self, user: str) -> None:
         """Withdraw Lockstep's access as the tech would (revoke the grant, change the password)."""
+
+
+PROVIDERS = ("google",)
+
+
+@contextlib.contextmanager
+def open_account(provider: str) -> Iterator[RemoteAccount]:
+    """The far end of ``provider`` started on loopback, stopped afterwards."""
+    if provider == "google":
+        with GoogleSandbox() as sandbox:
+            yield GoogleAccount(sandbox)
+    else:
+        raise LookupError(f"no remote account kind {provider!r}; known: {', '.join(PROVIDERS)}")
 
 
 def utc_text(moment: datetime) -> str:
