@@ -122,7 +122,8 @@ class GraphClient:
         if self._token and not force:
             return self._token
         app = self._msal()
-        accounts = app.get_accounts(home_account_id=self._blob.get("home_account_id")) or app.get_accounts()
+        everyone = app.get_accounts()
+        accounts = [a for a in everyone if a.get("home_account_id") == self._blob.get("home_account_id")] or everyone
         if not accounts:
             raise AuthorizationLost("Microsoft credentials hold no account: reconnect Outlook")
         try:

@@ -82,7 +82,7 @@ def consent_url(settings: MicrosoftSettings, redirect_uri: str, state: str,
     """(URL to send the tech to, MSAL's flow as JSON to keep, encrypted, until the callback)."""
     flow = msal_app(settings).initiate_auth_code_flow(
         SCOPES, redirect_uri=redirect_uri, state=state, login_hint=login_hint or None,
-        prompt="select_account")
+        prompt="select_account", response_mode="form_post")  # the code never sits in a URL
     if "auth_uri" not in flow:
         raise ConsentError(f"Microsoft sign-in could not start: {flow.get('error_description') or flow}")
     return str(flow["auth_uri"]), json.dumps(flow)
@@ -90,7 +90,9 @@ def consent_url(settings: MicrosoftSettings, redirect_uri: str, state: str,
 
 def exchange(settings: MicrosoftSettings, redirect_uri: str, callback_url: str, state: str,
              flow_json: str) -> str:
-    """Redeem the callback's code with the stored flow; returns the credential blob (JSON)."""
+    """Redeem the callback's code with the stored flow; returns the credential blob (JSON).
+    ``callback_url`` carries the answer's parameters as its query (the web layer puts a
+    form_post body there)."""
     flow = json.loads(flow_json)
     if flow.get("state") != state or flow.get("redirect_uri") != redirect_uri:
         raise ConsentError("this sign-in does not belong to the stored flow")
