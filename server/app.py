@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from server import metrics
 from server.config import Config
 from server.db import Database
 from server.dav.app import DAV_PREFIX, DavGuard, WSGIApp, build_radicale
@@ -46,8 +47,9 @@ def create_app(config: Config, database: Database | None = None) -> Lockstep:
         max_body=max_body,
     )
     flask_app = create_flask_app(database, config, secret_key)
+    metrics.install(flask_app, database)
     dispatcher = Dispatcher(dav, flask_app.wsgi_app, trust_forwarded=config.get("server", "trust_forwarded"))
-    return Lockstep(config=config, database=database, wsgi=dispatcher)
+    return Lockstep(config=config, database=database, wsgi=metrics.Instrumented(dispatcher))
 
 
 class Dispatcher:

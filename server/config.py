@@ -26,6 +26,13 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _smtp_security(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("starttls", "ssl", "none"):
+        raise ValueError(f"must be starttls, ssl or none, not {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     default: Any
@@ -85,6 +92,23 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "lease_seconds": Option(
             120, int, "How long a claimed job stays a worker's without renewal (taken over after)"),
         "push": Option(True, _to_bool, "Ask providers for push notifications (else poll only)"),
+    },
+    "smtp": {
+        "host": Option("", str, "SMTP server for notification email; empty = no email"),
+        "port": Option(587, int, "SMTP port (587 submission with STARTTLS, 465 implicit TLS)"),
+        "username": Option("", str, "SMTP login; empty = no login"),
+        "password": Option("", str, "SMTP password (prefer LOCKSTEP_SMTP_PASSWORD)"),
+        "security": Option("starttls", _smtp_security, "starttls, ssl (implicit TLS) or none"),
+        "from_address": Option("", str, "From: address; default lockstep@<this host's name>"),
+        "timeout_seconds": Option(10.0, float, "Timeout of each SMTP connection step"),
+    },
+    "notify": {
+        "email_to": Option("", str, "Comma-separated dispatcher addresses that get every notification"),
+        "email_techs": Option(True, _to_bool, "Also email each tech at their own address"),
+        "webhook_url": Option("", str, "URL that gets a signed JSON POST per notification; empty = none"),
+        "webhook_secret": Option("", str, "HMAC-SHA256 key signing webhook bodies"),
+        "webhook_timeout_seconds": Option(10.0, float, "Timeout of each webhook request"),
+        "max_attempts": Option(10, int, "Delivery attempts per channel before it is marked failed"),
     },
     "logging": {
         "level": Option("info", str, "debug, info, warning or error"),

@@ -7,8 +7,9 @@ import threading
 import time
 from datetime import timedelta
 
-from server import jobs
+from server import jobs, metrics
 from server.caldav_bridge.engine import Bridge
+from server.notify_delivery import start_delivery_workers
 from server.providers.base import AuthorizationLost, ProviderError
 
 log = logging.getLogger("lockstep.worker")
@@ -30,18 +31,39 @@ def run_job_once(bridge: Bridge) -> bool:
     except LookupError as exc:  # the calendar or connection is gone: nothing left to do
         log.info("job %s %s dropped: %s", job.kind, job.id, exc)
         jobs.complete(bridge.database, job)
+        metrics.count_job(job.kind, "dropped")
     except ProviderError as exc:
+        metrics.count_provider_error(_provider_name(bridge, job.payload), exc)
         bridge.mark_trouble(job.payload, exc)
         state = jobs.fail(bridge.database, job, str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
         level = logging.WARNING if isinstance(exc, AuthorizationLost) or state == jobs.DEAD else logging.INFO
         log.log(level, "job %s %s failed (%s, attempt %d): %s", job.kind, job.id, state, job.attempts, exc)
+        metrics.count_job(job.kind, "dead" if state == jobs.DEAD else "retry")
     except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; the job retries
         log.exception("job %s %s crashed", job.kind, job.id)
         jobs.fail(bridge.database, job, f"{type(exc).__name__}: {exc}")
+        metrics.count_job(job.kind, "crashed")
     else:
         jobs.complete(bridge.database, job)
         log.debug("job %s %s done in %.2fs", job.kind, job.id, time.monotonic() - started)
+        metrics.count_job(job.kind, "done")
     return True
+
+
+def _provider_name(bridge: Bridge, payload: dict) -> str:
+    """The provider a failed job talked to (the error counter's label)."""
+    from sqlalchemy import select
+
+    from server.models import Connection
+
+    try:
+        connection_id = bridge._connection_of(payload)
+        if connection_id is None:
+            return "unknown"
+        with bridge.database.read() as session:
+            return session.scalar(select(Connection.provider).where(Connection.id == connection_id)) or "unknown"
+    except Exception:  # noqa: BLE001 - a label must never turn one failure into two
+        return "unknown"
 
 
 def start_sync_workers(bridge: Bridge, stop: threading.Event, count: int) -> list[threading.Thread]:
@@ -67,4 +89,6 @@ def start_sync_workers(bridge: Bridge, stop: threading.Event, count: int) -> lis
     threads.append(threading.Thread(target=poll, name="sync-poll", daemon=True))
     for thread in threads:
         thread.start()
+    # Notification delivery on threads of its own: a hung SMTP server cannot hold a sync worker.
+    threads.extend(start_delivery_workers(bridge.database, bridge.config, stop))
     return threads
