@@ -66,6 +66,8 @@ class GraphSandbox:
             handle.write(self._ca.cert_pem.bytes())
         client_tls = ssl.create_default_context()
         self._ca.configure_trust(client_tls)
+        if self.config.webhook_ca_file:
+            client_tls.load_verify_locations(self.config.webhook_ca_file)
         self.push = PushService(self.store, client_tls)
         self.view = View(self.store)
         self.events = EventsService(self.store, self.view, self.push.changed)
@@ -255,7 +257,11 @@ class GraphSandbox:
         return list(self.push.sent)
 
     def send_lifecycle(self, subscription_id: str, event: str) -> None:
-        """reauthorizationRequired | subscriptionRemoved (also deletes it) | missed."""
+        """reauthorizationRequired | subscriptionRemoved (also deletes it) | missed.
+
+        Delivered to the subscription's lifecycleNotificationUrl (nothing is sent when it
+        has none, as with Graph; subscriptionRemoved still removes it).
+        """
         self.push.lifecycle(subscription_id, event)
 
     def request_log(self, path_contains: str | None = None) -> list[dict[str, Any]]:

@@ -38,11 +38,12 @@ class DeltaService:
                                base_path=base_path)
             return self._round(state, out_zone, page_size)
 
-    def resume(self, email: str, token: str, kind: str, out_zone: str,
+    def resume(self, email: str, calendar_id: str, token: str, kind: str, out_zone: str,
                page_size: int) -> tuple[list[dict], str, str]:
         with self.store.lock:
             state = self.store.load_state(token, email)
-            if state is None or (kind == "skip") != bool(state.items or state.stamp < 0):
+            if state is None or state.calendar_id != calendar_id or \
+                    (kind == "skip") != bool(state.items or state.stamp < 0):
                 raise errors.sync_state_not_found()
             if kind == "skip":
                 return self._page(state, page_size)

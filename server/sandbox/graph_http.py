@@ -399,7 +399,7 @@ def create_app(sb: GraphSandbox) -> Flask:
         with sb.store.lock:
             cal_id = calendar_id(user, cal)
             if skip or delta:
-                items, kind, token = sb.delta.resume(user, skip or delta or "",
+                items, kind, token = sb.delta.resume(user, cal_id, skip or delta or "",
                                                      "skip" if skip else "delta", tz, size)
             else:
                 start = parse_query_instant(request.args.get("startDateTime"), "startDateTime")

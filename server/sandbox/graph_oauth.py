@@ -366,11 +366,13 @@ class IdentityServer:
             "tid": tid, "appid": grant.client_id, "upn": user.email, "jti": secrets.token_hex(8),
             "scp": " ".join(s for s in scopes if graph_scope(s) not in OIDC_SCOPES)})
         self.access_tokens[access] = AccessToken(grant.user, grant.client_id, scopes, now + ttl)
-        refresh = "0.AR" + secrets.token_urlsafe(64)
-        self.refresh_tokens[refresh] = grant  # older refresh tokens of the grant stay valid
         body: dict[str, Any] = {
             "token_type": "Bearer", "scope": " ".join(scopes), "expires_in": ttl,
-            "ext_expires_in": ttl, "access_token": access, "refresh_token": refresh}
+            "ext_expires_in": ttl, "access_token": access}
+        if "offline_access" in {graph_scope(s) for s in grant.scopes}:
+            refresh = "0.AR" + secrets.token_urlsafe(64)
+            self.refresh_tokens[refresh] = grant  # older refresh tokens stay valid too
+            body["refresh_token"] = refresh
         id_claims = {
             "aud": grant.client_id, "iss": f"{base}/{tid}/v2.0", "iat": int(now),
             "nbf": int(now), "exp": int(now) + 3600, "name": user.name, "oid": user.id,

@@ -249,14 +249,14 @@ class PushService:
             sub = self.subscriptions.get(sub_id)
             if sub is None:
                 raise KeyError(sub_id)
+            if event == "subscriptionRemoved":
+                del self.subscriptions[sub_id]
             if not sub.lifecycle_url:
-                raise ValueError(f"subscription {sub_id} has no lifecycleNotificationUrl")
+                return  # Graph has nowhere to say it; the removal still happens
             item = {"subscriptionId": sub.id,
                     "subscriptionExpirationDateTime": fmt_utc(sub.expires),
                     "tenantId": self.store.config.tenant_id, "clientState": sub.client_state,
                     "lifecycleEvent": event}
-            if event == "subscriptionRemoved":
-                del self.subscriptions[sub_id]
             self._queue.put(Delivery(sub.id, sub.lifecycle_url, item, "lifecycle"))
 
     # --- delivery ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class GraphConfig:
     notification_retries: int = 2
     require_https_webhooks: bool = False
     allow_remote_webhooks: bool = False
+    webhook_ca_file: str | None = None  # extra CA to trust when POSTing to https webhooks
     consent_mode: str = "page"  # "page" | "approve" | "deny"
 
 
