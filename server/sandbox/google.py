@@ -211,6 +211,15 @@ class GoogleSandbox:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    def misdeliver_notifications(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        """Push messages go astray: the next ``drop`` are lost, ``duplicate`` sent twice,
+        ``reorder`` held back and sent newest first (google_push.DeliveryFaults)."""
+        self.push.misdeliver(drop=drop, duplicate=duplicate, reorder=reorder)
+
+    def clear_notification_faults(self) -> None:
+        """Faithful delivery again; held messages go out now."""
+        self.push.clear_delivery_faults()
+
     def expire_sync_tokens(self, calendar_id: str | None = None) -> None:
         """Invalidate every sync token issued so far (for one calendar, or all)."""
         self.store.expire_sync_tokens(calendar_id)
