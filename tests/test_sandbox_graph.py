@@ -487,6 +487,12 @@ class _Hook(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
+        if token is None and self.path.startswith("/flaky") and self.path not in server.failed:
+            server.failed.add(self.path)  # the first notification fails: Graph retries
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(404 if token is not None else 202)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -501,6 +507,7 @@ class Receiver:
     def __init__(self) -> None:
         self.server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
         self.server.received, self.server.cond = [], threading.Condition()
+        self.server.failed = set()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -581,10 +588,13 @@ def test_notifications_lifecycle_renewal_and_expiry(graph: GraphSandbox,
     assert renewed.status_code == 200
     assert renewed.json()["expirationDateTime"] > sub["expirationDateTime"]
 
+    graph.send_lifecycle(sub["id"], "reauthorizationRequired")
+    assert api("POST", f"/subscriptions/{sub['id']}/reauthorize").status_code == 200
     graph.send_lifecycle(sub["id"], "missed")
     graph.send_lifecycle(sub["id"], "subscriptionRemoved")
-    lifecycle = receiver.wait(life, 2)
-    assert [i["lifecycleEvent"] for i in lifecycle] == ["missed", "subscriptionRemoved"]
+    lifecycle = receiver.wait(life, 3)
+    assert [i["lifecycleEvent"] for i in lifecycle] == [
+        "reauthorizationRequired", "missed", "subscriptionRemoved"]
     assert {i["clientState"] for i in lifecycle} == {"s3cret"}
     assert api("GET", f"/subscriptions/{sub['id']}").status_code == 404
     graph.create_event(email, None, timed("2026-08-12", "09:00", "10:00"))
@@ -601,6 +611,22 @@ def test_notifications_lifecycle_renewal_and_expiry(graph: GraphSandbox,
                    json={"expirationDateTime": expiry(60)}).status_code == 404
     finally:
         graph.advance_clock(-120)
+
+
+def test_failed_notifications_are_retried(graph: GraphSandbox, session: requests.Session,
+                                         receiver: Receiver) -> None:
+    email, api = new_user(graph, session)
+    hook = f"/flaky/{next(_ids)}"
+    sub = api("POST", "/subscriptions", json={
+        "changeType": "created", "resource": "me/events", "clientState": "s3cret",
+        "notificationUrl": receiver.url + hook, "expirationDateTime": expiry(30)}).json()
+    event = graph.create_event(email, None, timed("2026-08-14", "09:00", "10:00"))
+    (item,) = graph.wait_for_notifications(1, sub["id"])
+    assert item["resourceData"]["id"] == event["id"]
+    (delivery,) = [d for d in graph.deliveries() if d.subscription_id == sub["id"]]
+    assert (delivery.attempts, delivery.status) == (2, 202)
+    assert [r["body"] is not None for r in receiver.server.received
+            if r["path"] == hook] == [False, True, True]  # validation, failure, retry
 
 
 # --- faults --------------------------------------------------------------------------------------

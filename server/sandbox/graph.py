@@ -25,6 +25,7 @@ import os
 import ssl
 import tempfile
 import threading
+import weakref
 from collections import deque
 from typing import Any
 
@@ -64,6 +65,7 @@ class GraphSandbox:
         fd, self.ca_bundle = tempfile.mkstemp(prefix="graph-sandbox-ca-", suffix=".pem")
         with os.fdopen(fd, "wb") as handle:
             handle.write(self._ca.cert_pem.bytes())
+        weakref.finalize(self, _unlink, self.ca_bundle)
         client_tls = ssl.create_default_context()
         self._ca.configure_trust(client_tls)
         if self.config.webhook_ca_file:
@@ -113,10 +115,6 @@ class GraphSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        try:
-            os.unlink(self.ca_bundle)
-        except OSError:
-            pass
 
     @property
     def authority(self) -> str:
@@ -267,6 +265,13 @@ class GraphSandbox:
     def request_log(self, path_contains: str | None = None) -> list[dict[str, Any]]:
         return [dict(r) for r in list(self.requests)
                 if path_contains is None or path_contains in r["path"]]
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
