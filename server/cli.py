@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_argument("--password")
 
     connect = commands.add_parser("connect", help="connect a tech's calendar account")
-    connect.add_argument("provider", choices=("google",))
+    connect.add_argument("provider", choices=("google", "microsoft"))
     connect.add_argument("username")
 
     disconnect = commands.add_parser("disconnect", help="disconnect a tech's calendar account")
-    disconnect.add_argument("provider", choices=("google",))
+    disconnect.add_argument("provider", choices=("google", "microsoft"))
     disconnect.add_argument("username")
 
     calendars = commands.add_parser("calendars", help="list or choose a tech's synced calendars")

@@ -26,7 +26,7 @@ from server.providers.oauth_google import GoogleSettings, consent_url, exchange
 
 UTC = timezone.utc
 LINK_TTL = timedelta(hours=1)
-OAUTH_PROVIDERS = ("google",)
+OAUTH_PROVIDERS = ("google", "microsoft")
 JOB_INITIAL_IMPORT = "initial_import"
 
 
@@ -43,6 +43,17 @@ class Connected:
 
 def google_settings(config: Config) -> GoogleSettings:
     return GoogleProvider.settings_from(config)
+
+
+def _oauth_flow(config: Config, provider: str) -> tuple[object, Callable[..., tuple[str, str]], Callable[..., str]]:
+    """(settings, consent_url, exchange) of an OAuth provider. For Microsoft the "verifier"
+    kept between the two steps is MSAL's whole auth-code flow (state, nonce, PKCE), as JSON."""
+    if provider == "microsoft":
+        from server.providers import oauth_microsoft
+        from server.providers.microsoft import MicrosoftProvider
+
+        return MicrosoftProvider.settings_from(config), oauth_microsoft.consent_url, oauth_microsoft.exchange
+    return google_settings(config), consent_url, exchange
 
 
 def key_ring(config: Config, secret_key: str) -> KeyRing:
@@ -78,8 +89,9 @@ def begin_consent(database: Database, config: Config, ring: KeyRing, provider: s
         if row.used or _expired(row.expires_at):
             raise ConnectError("This connect link was already used or has expired. Ask for a new one.")
         tech = session.get(Tech, row.tech_id)
-        url, verifier = consent_url(google_settings(config), redirect_uri(config, provider), state,
-                                    login_hint=tech.email if tech else "")
+        settings, start, _ = _oauth_flow(config, provider)
+        url, verifier = start(settings, redirect_uri(config, provider), state,
+                              login_hint=tech.email if tech else "")
         row.used = True
         row.state = state
         row.code_verifier = ring.encrypt(verifier)
@@ -89,7 +101,7 @@ def begin_consent(database: Database, config: Config, ring: KeyRing, provider: s
 
 def finish_consent(database: Database, config: Config, ring: KeyRing, provider: str,
                    state: str, callback_url: str,
-                   exchange_code: Callable[..., str] = exchange) -> Connected:
+                   exchange_code: Callable[..., str] | None = None) -> Connected:
     """Exchange the code, store the encrypted credential, queue the initial import."""
     if not state:
         raise ConnectError("The provider sent no state; start again from your connect link.")
@@ -104,7 +116,9 @@ def finish_consent(database: Database, config: Config, ring: KeyRing, provider: 
     if tech is None:
         raise ConnectError("The tech of this sign-in no longer exists.")
     try:
-        blob = exchange_code(google_settings(config), redirect_uri(config, provider), callback_url, state, verifier)
+        settings, _, default_exchange = _oauth_flow(config, provider)
+        blob = (exchange_code or default_exchange)(settings, redirect_uri(config, provider), callback_url, state,
+                                                   verifier)
     except Exception as exc:  # noqa: BLE001 - oauthlib raises many types; the person needs one sentence
         raise ConnectError(f"{provider.capitalize()} did not grant access: {_oauth_reason(exc)}") from None
     with database.write([tech.username]) as session:
@@ -145,4 +159,6 @@ def _expired(moment: datetime) -> bool:
 
 def _oauth_reason(exc: Exception) -> str:
     description = getattr(exc, "description", None) or getattr(exc, "error", None)
+    if not description and isinstance(exc, ValueError):  # our own refusals say what happened
+        description = str(exc)
     return str(description or type(exc).__name__)

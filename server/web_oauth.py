@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from urllib.parse import urlencode
 
 from flask import Blueprint, redirect, request
 
@@ -32,13 +33,17 @@ def create_oauth_blueprint(database: Database, config: Config, ring: KeyRing) ->
         except ConnectError as exc:
             return _page(400, "Cannot connect", str(exc))
 
-    @oauth.get("/<provider>/callback")
+    @oauth.route("/<provider>/callback", methods=["GET", "POST"])
     def callback(provider: str):  # type: ignore[no-untyped-def]
-        if request.args.get("error"):
-            return _page(400, "Not connected", f"The account was not connected ({request.args['error']}). "
+        # GET: the answer is in the query; POST: response_mode=form_post (Microsoft), in the body.
+        answer = request.form if request.method == "POST" else request.args
+        if answer.get("error"):
+            return _page(400, "Not connected", f"The account was not connected ({answer['error']}). "
                                                "Ask for a new connect link to try again.")
+        url = f"{request.base_url}?{urlencode(list(answer.items(multi=True)))}" if request.method == "POST" \
+            else request.url
         try:
-            connected = finish_consent(database, config, ring, provider, request.args.get("state", ""), request.url)
+            connected = finish_consent(database, config, ring, provider, answer.get("state", ""), url)
         except ConnectError as exc:
             return _page(400, "Not connected", str(exc))
         return _page(200, "Connected", f"{provider.capitalize()} is now connected for {connected.tech}. "
