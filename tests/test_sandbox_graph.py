@@ -3,6 +3,7 @@ plain requests over HTTPS (verified against the emulator's CA bundle)."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import re
@@ -52,14 +53,26 @@ def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
+def form_fields(page: str) -> dict[str, str]:
+    """The hidden fields of a response_mode=form_post answer, as a browser would post them."""
+    return {html.unescape(k): html.unescape(v)
+            for k, v in re.findall(r"name='([^']+)' value='([^']*)'", page)}
+
+
 def sign_in(graph: GraphSandbox, session: requests.Session, email: str,
-            app: msal.ConfidentialClientApplication | None = None) -> tuple[Any, dict[str, Any]]:
+            response_mode: str = "form_post") -> tuple[Any, dict[str, Any]]:
     """The MSAL auth-code flow (PKCE, nonce, state) with consent approved by query."""
-    app = app or msal_app(graph, session)
-    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint=email)
+    app = msal_app(graph, session)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint=email,
+                                       response_mode=response_mode)
     answer = session.get(flow["auth_uri"] + "&sandbox_consent=approve", allow_redirects=False)
-    assert answer.status_code == 302, answer.text
-    result = app.acquire_token_by_auth_code_flow(flow, query_of(answer.headers["Location"]))
+    if response_mode == "form_post":
+        assert answer.status_code == 200 and f"action='{REDIRECT}'" in answer.text, answer.text
+        params = form_fields(answer.text)
+    else:
+        assert answer.status_code == 302, answer.text
+        params = query_of(answer.headers["Location"])
+    result = app.acquire_token_by_auth_code_flow(flow, params)
     assert "access_token" in result, result
     return app, result
 
@@ -114,7 +127,7 @@ def test_auth_code_flow_with_pkce_nonce_and_client_info(graph: GraphSandbox,
                                                         session: requests.Session) -> None:
     email = f"tech{next(_ids)}@contoso.example"
     user_id = graph.add_user(email, name="Ada Tech")
-    app, result = sign_in(graph, session, email)
+    app, result = sign_in(graph, session, email, response_mode="query")
     claims = result["id_token_claims"]
     assert (claims["oid"], claims["tid"], claims["preferred_username"]) == (
         user_id, graph.tenant_id, email)
@@ -134,7 +147,8 @@ def test_token_endpoint_checks_verifier_redirect_and_secret(graph: GraphSandbox,
     token_url = f"{graph.authority}/oauth2/v2.0/token"
 
     def code() -> str:
-        flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint=email)
+        flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint=email,
+                                           response_mode="query")
         answer = session.get(flow["auth_uri"] + "&sandbox_consent=approve",
                              allow_redirects=False)
         return query_of(answer.headers["Location"])["code"]
@@ -169,11 +183,12 @@ def test_consent_page_form_post_and_unknown_user(graph: GraphSandbox,
                                   "decision": "approve"})
     assert decision.status_code == 200  # form_post: a self-submitting form to the client
     assert f"action='{REDIRECT}'" in decision.text
-    fields = dict(re.findall(r"name='([^']+)' value='([^']*)'", decision.text))
-    assert "access_token" in app.acquire_token_by_auth_code_flow(flow, fields)
+    assert "access_token" in app.acquire_token_by_auth_code_flow(flow,
+                                                                 form_fields(decision.text))
 
     unknown = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT,
-                                          login_hint="nobody@contoso.example")
+                                          login_hint="nobody@contoso.example",
+                                          response_mode="form_post")
     refused = session.get(unknown["auth_uri"] + "&sandbox_consent=approve",
                           allow_redirects=False)
     assert refused.status_code == 400 and "AADSTS50034" in refused.text
@@ -224,6 +239,10 @@ def test_calendars_are_paged_and_read_only_ones_refuse_writes(graph: GraphSandbo
     (default,) = [c for c in calendars if c["isDefaultCalendar"]]
     assert default["name"] == "Calendar" and default["id"] == graph.default_calendar_id(email)
     assert api("GET", "/me/calendar").json()["id"] == default["id"]
+    user_id = api("GET", "/me").json()["id"]
+    for alias in (user_id, email):
+        assert len(api.all_pages(f"/users/{alias}/calendars")) == 7
+    assert api("GET", "/users/someone-else@contoso.example/calendars").status_code == 403
     (read_only,) = [c for c in calendars if not c["canEdit"]]
     refused = api("POST", f"/me/calendars/{read_only['id']}/events",
                   json=timed("2026-05-04", "09:00", "10:00"))

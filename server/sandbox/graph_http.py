@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from flask import Flask, Response, g, redirect, request
 from werkzeug.exceptions import HTTPException
@@ -47,9 +47,27 @@ def _routes(app: Flask, rule: str, prefixes: tuple[str, ...], methods: list[str]
     return wrap
 
 
+class _UsersAlias:
+    """``/v1.0/users/{id or userPrincipalName}/...`` served as ``/v1.0/me/...`` for the
+    signed-in user (delegated access to another mailbox is refused in ``me()``)."""
+
+    PATTERN = re.compile(r"^/v1\.0/users/([^/]+)(/.*)?$")
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        match = self.PATTERN.match(environ.get("PATH_INFO", ""))
+        if match:
+            environ["graph_sandbox.user_alias"] = unquote(match.group(1))
+            environ["PATH_INFO"] = f"{V1}/me{match.group(2) or ''}"
+        return self.wsgi_app(environ, start_response)
+
+
 def create_app(sb: GraphSandbox) -> Flask:
     app = Flask("graph_sandbox")
     app.url_map.strict_slashes = False
+    app.wsgi_app = _UsersAlias(app.wsgi_app)  # type: ignore[method-assign]
 
     # --- cross-cutting ---------------------------------------------------------------------
     @app.before_request
@@ -102,6 +120,11 @@ def create_app(sb: GraphSandbox) -> Flask:
         """The signed-in user's email and the client id, from the bearer token."""
         access = sb.identity.authenticate(request.headers.get("Authorization"))
         sb.identity.require(access, write)
+        alias = request.environ.get("graph_sandbox.user_alias")
+        if alias is not None:
+            user = sb.store.user(access.user)
+            if alias.lower() not in (user.id, user.email.lower()):
+                raise errors.access_denied()
         return access.user, access.client_id
 
     def body() -> Any:
