@@ -45,7 +45,8 @@ def unauthenticated(message: str) -> GraphError:
                       {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
 
 
-def access_denied(message: str = "Access is denied. Check credentials and try again.") -> GraphError:
+def access_denied(message: str = "Access is denied. Check credentials and try again."
+                  ) -> GraphError:
     return GraphError(403, "ErrorAccessDenied", message)
 
 

@@ -8,6 +8,8 @@ subscription. Changes are then POSTed as ``{"value": [changeNotification]}``
 from a background thread, retried a few times when the answer is not 2xx;
 lifecycle notifications (``reauthorizationRequired``, ``subscriptionRemoved``,
 ``missed``) go to the lifecycle URL. Expired subscriptions stop notifying.
+A change to one occurrence of a series (it becomes an exception, or is deleted)
+is reported as ``updated`` on the series master, the item Exchange modifies.
 """
 
 from __future__ import annotations

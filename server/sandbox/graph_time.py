@@ -243,11 +243,6 @@ def key_instant(key: str) -> datetime:
     return datetime.strptime(key, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-def shift(timing: Timing, wall: datetime, zone_name: str) -> Timing:
-    """``timing`` moved to another wall time in ``zone_name`` (an occurrence of a series)."""
-    return timing_at(wall, zone_name)
-
-
 def wall_duration(start: Timing, end: Timing, zone_name: str) -> timedelta:
     tz = zone(zone_name)
     return (end.instant.astimezone(tz).replace(tzinfo=None)
