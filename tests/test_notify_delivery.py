@@ -181,7 +181,7 @@ def server(backend: str, google: GoogleSandbox, front: SmtpFront, receiver: Rece
     env = google_env(
         google,
         LOCKSTEP_SMTP_HOST="127.0.0.1", LOCKSTEP_SMTP_PORT=str(front.port), LOCKSTEP_SMTP_SECURITY="none",
-        LOCKSTEP_SMTP_FROM_ADDRESS="lockstep@dispatch.example.com", LOCKSTEP_SMTP_TIMEOUT_SECONDS="5",
+        LOCKSTEP_SMTP_FROM_ADDRESS="lockstep@dispatch.example.com", LOCKSTEP_SMTP_TIMEOUT_SECONDS="4",
         LOCKSTEP_NOTIFY_EMAIL_TO=", ".join(DISPATCH), LOCKSTEP_NOTIFY_EMAIL_TECHS="true",
         LOCKSTEP_NOTIFY_WEBHOOK_URL=receiver.url + "/hook", LOCKSTEP_NOTIFY_WEBHOOK_SECRET=SECRET,
         LOCKSTEP_NOTIFY_WEBHOOK_TIMEOUT_SECONDS="3", LOCKSTEP_NOTIFY_MAX_ATTEMPTS="2")
@@ -263,10 +263,18 @@ def test_webhook_retries_a_5xx_and_stops_at_max_attempts(server: LockstepServer,
     assert len(receiver.bodies("/hook", unlucky)) == 2
 
 
-def test_a_conflict_in_google_reaches_email_and_webhook(server: LockstepServer, google: GoogleSandbox,
-                                                         mailbox: Mailbox, receiver: Receiver) -> None:
+@pytest.fixture(scope="module")
+def google_tech(server: LockstepServer, google: GoogleSandbox) -> str:
+    """A tech connected to the Google emulator through the consent flow."""
     tech, _ = server.add_tech()
     connect_google(server, google, tech)
+    return tech
+
+
+def test_a_conflict_in_google_reaches_email_and_webhook(server: LockstepServer, google: GoogleSandbox,
+                                                         mailbox: Mailbox, receiver: Receiver,
+                                                         google_tech: str) -> None:
+    tech = google_tech
     api = api_for(server, "bookings")
     slot = {"start": "2026-12-01T17:00:00Z", "end": "2026-12-01T18:00:00Z"}
     assert api.post("/bookings", {"tech": tech, "summary": "Fix boiler", **slot}).status_code == 201
@@ -280,28 +288,34 @@ def test_a_conflict_in_google_reaches_email_and_webhook(server: LockstepServer, 
 
 
 def test_a_dead_smtp_server_holds_up_neither_sync_nor_the_webhook(server: LockstepServer, google: GoogleSandbox,
-                                                                   receiver: Receiver, front: SmtpFront) -> None:
-    tech, _ = server.add_tech()
-    connect_google(server, google, tech)
+                                                                   receiver: Receiver, front: SmtpFront,
+                                                                   google_tech: str) -> None:
+    tech = google_tech
+
+    def emails() -> list[Delivery]:
+        return [d for d in _mine(server, tech, "email") if d.kind == "needs_reauth"]
+
+    def hooks() -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b in receiver.bodies("/hook", tech) if json.loads(b)["kind"] == "needs_reauth"]
+
     front.dead = True  # accepts, never answers: each attempt hangs until [smtp] timeout_seconds
     try:
         _raise(server, tech, "needs_reauth", "Google access was revoked or expired; reconnect to resume sync.")
-        eventually(lambda: any(d.state == "sending" for d in _mine(server, tech, "email")), what="email hanging")
+        eventually(lambda: any(d.state == "sending" for d in emails()), what="email hanging")
 
         uid = api_for(server, "bookings").post("/bookings", {
             "tech": tech, "summary": "Meanwhile", "start": "2026-12-02T17:00:00Z",
             "end": "2026-12-02T18:00:00Z"}).json()["uid"]
         eventually(lambda: any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
                                for e in google.stored_events(f"{tech}@example.com")), what="the booking pushed")
-        eventually(lambda: receiver.bodies("/hook", tech), what="the webhook")
+        eventually(hooks, what="the webhook")
         # Both done while the first SMTP attempt still hangs: nothing waited for it.
-        emails = _mine(server, tech, "email")
-        assert [d.state for d in emails if d.attempts] == ["sending"], emails
+        assert [d.state for d in emails() if d.attempts] == ["sending"], emails()
     finally:
         front.dead = False
     # The hung attempt times out, and the retry reaches the (now answering) server.
-    sent = eventually(lambda: len(emails := _mine(server, tech, "email")) == 2 and all(
-        d.state == "sent" for d in emails) and emails, timeout=30, what="both emails sent")
+    sent = eventually(lambda: len(now := emails()) == 2 and all(d.state == "sent" for d in now) and now,
+                      timeout=30, what="both emails sent")
     assert sorted(d.attempts for d in sent) == [1, 2], sent
 
 
