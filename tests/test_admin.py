@@ -243,7 +243,8 @@ def test_edit_saves_and_audits_the_change(stack: object, panel: Panel) -> None:
     techs.add_tech(stack.database, "dan", name="Dan", email="dan@example.com", tz="UTC")  # type: ignore[attr-defined]
     response = panel.post("/admin/techs/dan", _tech_form(name="Dan", email="dan@example.com", timezone="Asia/Tokyo",
                                                          tentative_blocks="on", allday="whole_day"))
-    assert response.status_code == 200 and "Saved." in response.get_data(as_text=True)
+    assert response.status_code == 303
+    assert "Saved." in panel.get(response.headers["Location"]).get_data(as_text=True)
     with stack.database.read() as session:  # type: ignore[attr-defined]
         tech = session.scalar(select(Tech).where(Tech.username == "dan"))
         settings = session.get(TechSettings, tech.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from flask import Blueprint, abort, redirect, request, url_for
+from flask import Blueprint, abort, flash, redirect, request, url_for
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
             if row is not None and row.resolved_at is None:
                 row.resolved_at = utcnow()
         panel.audit("conflict.resolve", tech, f"conflict {conflict_id}" + (f": {note}" if note else ""))
+        flash(f"Conflict of {tech} marked resolved.", "notice")
         return redirect(url_for("admin.conflicts"), 303)
 
     @bp.get("/bookings")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from flask import Blueprint, abort, redirect, request, url_for
+from flask import Blueprint, abort, flash, redirect, request, url_for
 from sqlalchemy import select
 
 from admin.panel import Panel, page
@@ -97,7 +97,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
         except (ConnectError, AdminError) as exc:
             return show(username, 400, error=str(exc))
         panel.audit("connection.create", username, f"caldav {url} as {account}")
-        return show(username, notice="CalDAV account connected; its calendars are being imported.")
+        flash("CalDAV account connected; its calendars are being imported.", "notice")
+        return redirect(url_for("admin.tech_connections", username=username), 303)
 
     @bp.post("/techs/<username>/calendars")
     @login_required
@@ -120,8 +121,9 @@ def register(bp: Blueprint, panel: Panel) -> None:
         synced = [name for _, name, selected in rows if selected]
         panel.audit("calendars.choose", username,
                     f"{mode}: {', '.join(synced) or 'none'}; bookings to {bookings_to or 'primary'}")
-        return show(username, notice=f"Saved: syncing {len(synced)} calendar(s). New calendars appear "
-                                     "after the import that was just queued.")
+        flash(f"Saved: syncing {len(synced)} calendar(s). New calendars appear after the import "
+              "that was just queued.", "notice")
+        return redirect(url_for("admin.tech_connections", username=username), 303)
 
     @bp.post("/techs/<username>/sync")
     @login_required
@@ -131,7 +133,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
         except AdminError as exc:
             return show(username, 400, error=str(exc))
         panel.audit("sync.now", username, f"{queued} calendar sync(s) queued")
-        return show(username, notice=f"Queued {queued} calendar sync(s).")
+        flash(f"Queued {queued} calendar sync(s).", "notice")
+        return redirect(url_for("admin.tech_connections", username=username), 303)
 
     @bp.post("/techs/<username>/disconnect/<provider>")
     @login_required
@@ -142,4 +145,6 @@ def register(bp: Blueprint, panel: Panel) -> None:
         except LookupError as exc:
             return show(username, 400, error=str(exc))
         panel.audit("connection.remove", username, f"{provider}; {removed} mirror calendar(s) removed")
+        flash(f"{PROVIDER_LABELS.get(provider, provider)} disconnected; {removed} mirrored calendar(s) removed.",
+              "notice")
         return redirect(url_for("admin.tech_connections", username=username), 303)

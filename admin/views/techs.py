@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, redirect, request, url_for
+from flask import Blueprint, Response, abort, flash, redirect, request, url_for
 from sqlalchemy import select
 
 from admin import forms, mobileconfig
@@ -68,8 +68,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
             return form_page("tech_form.html", values, 400, tech=tech, error=str(exc))
         changes = _describe_changes(forms.form_values(tech, settings), form.values)
         panel.audit("tech.update", username, changes or "no change")
-        return form_page("tech_form.html", form.values, tech=tech,
-                         notice=f"Saved. Busy time of {reindexed} calendar item(s) recomputed.")
+        flash(f"Saved. Busy time of {reindexed} calendar item(s) recomputed.", "notice")
+        return redirect(url_for("admin.tech_edit", username=username), 303)
 
     @bp.post("/techs/<username>/remove")
     @login_required
@@ -84,6 +84,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
             panel.bridge.disconnect(username, provider)
         tech_service.remove_tech(panel.database, username)
         panel.audit("tech.remove", username, f"disconnected: {', '.join(providers) or 'nothing'}")
+        flash(f"Removed {username} and their calendars.", "notice")
         return redirect(url_for("admin.techs"), 303)
 
     @bp.get("/techs/<username>/iphone")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, flash, redirect, request, url_for
 from sqlalchemy import select
 
 from admin import tokens as token_service
@@ -45,4 +45,5 @@ def register(bp: Blueprint, panel: Panel) -> None:
         except AdminError as exc:
             return show(404, error=str(exc))
         panel.audit("token.revoke", name)
+        flash(f"Token {name} revoked; it stops working at once.", "notice")
         return redirect(url_for("admin.tokens"), 303)
