@@ -54,11 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_argument("--password")
 
     connect = commands.add_parser("connect", help="connect a tech's calendar account")
-    connect.add_argument("provider", choices=("google", "microsoft"))
+    connect.add_argument("provider", choices=("google", "microsoft", "caldav"))
     connect.add_argument("username")
+    connect.add_argument("--url", help="caldav: the server's URL (e.g. https://caldav.fastmail.com/)")
+    connect.add_argument("--username", dest="remote_user", metavar="U", help="caldav: the account's user name")
+    connect.add_argument("--password", metavar="P", help="caldav: an app password; '-' (the default) "
+                         "reads it from standard input or asks for it")
 
     disconnect = commands.add_parser("disconnect", help="disconnect a tech's calendar account")
-    disconnect.add_argument("provider", choices=("google", "microsoft"))
+    disconnect.add_argument("provider", choices=("google", "microsoft", "caldav"))
     disconnect.add_argument("username")
 
     calendars = commands.add_parser("calendars", help="list or choose a tech's synced calendars")
@@ -162,6 +166,17 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         print(f"New app password set for {credential.name}.")
         if not args.password:
             print(f"App password:  {credential.secret}   (shown once)")
+    elif args.command == "connect" and args.provider == "caldav":
+        from server.connections import connect_caldav, key_ring
+        from server.security import load_or_create_secret_key
+
+        if not args.url or not args.remote_user:
+            raise AdminError("connect caldav needs --url URL --username U (and --password P or -)")
+        ring = key_ring(config, load_or_create_secret_key(config.data_dir, config.get("security", "secret_key")))
+        connected = connect_caldav(database, config, ring, args.username, args.url, args.remote_user,
+                                   _read_password(args.password))
+        print(f"Connected {connected.tech} to the CalDAV account {args.remote_user} at {args.url}; "
+              "the first import is queued.")
     elif args.command == "connect":
         from server.connections import create_consent_link
 
@@ -218,6 +233,17 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         print(create_admin_user(database, config, args.username))
     database.dispose()
     return 0
+
+
+def _read_password(given: str | None) -> str:
+    """A literal password, or with ``-`` (or none) a prompt on a terminal, else stdin's first line."""
+    if given and given != "-":
+        return given
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("App password: ")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def _print_caldav_account(dav_url: str, username: str, secret: str, *, shown: bool) -> None:

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -138,6 +139,49 @@ def finish_consent(database: Database, config: Config, ring: KeyRing, provider: 
         jobs.enqueue(session, JOB_INITIAL_IMPORT, {"connection": connection.id},
                      dedupe_key=f"import:{connection.id}")
         return Connected(tech.username, provider, int(connection.id))
+
+
+def connect_caldav(database: Database, config: Config, ring: KeyRing, username: str,
+                   url: str, remote_user: str, password: str) -> Connected:
+    """Connect a remote CalDAV account (iCloud, Fastmail, Nextcloud...) with an app password:
+    check it first (discovery must find a calendar), then store it encrypted and queue the import.
+    Nothing is stored when the server refuses."""
+    from server.providers.base import AuthorizationLost, ProviderError
+    from server.providers.caldav_remote import CalDAVAccount, CalDAVProvider, check_account
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectError(f"the CalDAV URL must be an https:// (or http://) address, not {url!r}")
+    if not remote_user or not password:
+        raise ConnectError("a CalDAV account needs a user name and an (app) password")
+    with database.read() as session:
+        if session.scalar(select(Tech.id).where(Tech.username == username)) is None:
+            raise ConnectError(f"no tech named {username!r}")
+    try:
+        check_account(url.strip(), remote_user, password, CalDAVProvider.settings_from(config))
+    except AuthorizationLost:
+        raise ConnectError(f"{parts.hostname}: the server refused the user name or password "
+                           "(use an app password where the service has them)") from None
+    except ProviderError as exc:
+        raise ConnectError(f"{parts.hostname}: could not use the CalDAV account: {exc}") from None
+    blob = CalDAVAccount(url.strip(), remote_user, password).to_blob()
+    with database.write([username]) as session:
+        tech = session.scalar(select(Tech).where(Tech.username == username))
+        if tech is None:
+            raise ConnectError(f"no tech named {username!r}")
+        connection = session.scalar(select(Connection).where(
+            Connection.tech_id == tech.id, Connection.provider == "caldav"))
+        if connection is None:
+            connection = Connection(tech_id=tech.id, provider="caldav")
+            session.add(connection)
+        connection.credentials = ring.encrypt(blob)
+        connection.account = f"{remote_user}@{parts.hostname}"
+        if connection.trouble_since is None:
+            connection.state = "ok"
+        session.flush()
+        jobs.enqueue(session, JOB_INITIAL_IMPORT, {"connection": connection.id},
+                     dedupe_key=f"import:{connection.id}")
+        return Connected(username, "caldav", int(connection.id))
 
 
 def _check_provider(config: Config, provider: str) -> None:

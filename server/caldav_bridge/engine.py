@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -408,10 +409,22 @@ class Bridge:
     def dispatch(self) -> int:
         return dispatch_changes(self.database, JOB_PUSH)
 
-    def schedule_polls(self) -> int:
-        """The safety net: every selected calendar is synced at least every poll interval."""
+    def poll_intervals(self) -> dict[str | None, int]:
+        """Seconds between polls: providers without push (remote CalDAV) at their own pace,
+        every other provider (key None) at the safety-net interval."""
+        return {"caldav": int(self.config.get("caldav", "poll_seconds")),
+                None: int(self.config.get("sync", "poll_seconds"))}
+
+    def schedule_polls(self, provider: str | None = None, others_than: Collection[str] = ()) -> int:
+        """The safety net: every selected calendar is synced at least every poll interval.
+        ``provider`` limits it to that provider's connections; ``others_than`` leaves those out."""
         with self.database.write(["poll"]) as session:
-            ids = session.scalars(select(RemoteCalendarRow.id).join(
+            query = select(RemoteCalendarRow.id).join(
                 Connection, Connection.id == RemoteCalendarRow.connection_id).where(
-                RemoteCalendarRow.selected.is_(True), Connection.state != "needs_reauth")).all()
+                RemoteCalendarRow.selected.is_(True), Connection.state != "needs_reauth")
+            if provider is not None:
+                query = query.where(Connection.provider == provider)
+            if others_than:
+                query = query.where(Connection.provider.not_in(list(others_than)))
+            ids = session.scalars(query).all()
             return sum(1 for i in ids if jobs.enqueue(session, JOB_SYNC, {"calendar": i}, dedupe_key=f"sync:{i}"))

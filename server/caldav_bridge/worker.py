@@ -77,13 +77,17 @@ def start_sync_workers(bridge: Bridge, stop: threading.Event, count: int) -> lis
                 stop.wait(2)
 
     def poll() -> None:
-        interval = int(bridge.config.get("sync", "poll_seconds"))
-        while not stop.wait(interval):
-            try:
-                queued = bridge.schedule_polls()
-                log.info("poll: %d calendar sync(s) queued", queued)
-            except Exception:  # noqa: BLE001
-                log.exception("poll timer error")
+        intervals = bridge.poll_intervals()  # provider -> seconds; None: every other provider
+        own = [name for name in intervals if name is not None]
+        due = {name: time.monotonic() + seconds for name, seconds in intervals.items()}
+        while not stop.wait(max(0.05, min(due.values()) - time.monotonic())):
+            for name in [n for n, when in due.items() if when <= time.monotonic()]:
+                due[name] = time.monotonic() + intervals[name]
+                try:
+                    queued = bridge.schedule_polls(name, others_than=own if name is None else ())
+                    log.info("poll (%s): %d calendar sync(s) queued", name or "push providers", queued)
+                except Exception:  # noqa: BLE001
+                    log.exception("poll timer error")
 
     threads = [threading.Thread(target=work, name=f"sync-worker-{n}", daemon=True) for n in range(count)]
     threads.append(threading.Thread(target=poll, name="sync-poll", daemon=True))

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import icalendar
 import requests
 
 from server.providers.caldav_remote_client import absolute, canonical_path
+from tests.support.lockstep_server import LockstepServer
 from tests.support.stock_radicale import _free_port, _wait_until_up, start_stock_radicale
 
 USER, PASSWORD = "alice", "app-pass-1"
@@ -136,35 +137,50 @@ class FaultProxy:
 
 @dataclass
 class RemoteServer:
-    """A running CalDAV server with one account, reached through a FaultProxy."""
+    """A running CalDAV server, reached through a FaultProxy; ``users`` are its accounts."""
 
     kind: str
     proxy: FaultProxy
     root: Path
-    password: str = PASSWORD
+    users: dict[str, str]
+    _save_users: Any = field(repr=False)  # writes ``users`` where the server checks them
     username: str = USER
-    _revoke: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return self.proxy.url
 
-    def client(self) -> caldav.DAVClient:
-        return caldav.DAVClient(url=self.url, username=self.username, password=self.password)
+    @property
+    def password(self) -> str:
+        return PASSWORD
 
-    def revoke(self) -> None:
-        """The account's app password is withdrawn (as in the account's settings)."""
-        self._revoke(f"revoked-{uuid.uuid4().hex}")
+    def client(self, user: str = USER) -> caldav.DAVClient:
+        return caldav.DAVClient(url=self.url, username=user, password=self.users[user])
+
+    def add_account(self, user: str, password: str) -> None:
+        if self.kind != "radicale":
+            raise NotImplementedError("this Xandikos serves one principal")
+        self.users[user] = password
+        self._save_users()
+
+    def set_password(self, user: str, password: str) -> None:
+        """The account's app password changes (a revoked one stops working at once)."""
+        self.users[user] = password
+        self._save_users()
+
+    def revoke(self, user: str = USER) -> None:
+        self.set_password(user, f"revoked-{uuid.uuid4().hex}")
 
     def restore(self) -> None:
-        self._revoke(self.password)
+        self.set_password(USER, PASSWORD)
         self.proxy.clear()
         self.proxy.without_sync_collection = False
 
-    def new_calendar(self, name: str) -> RemoteCalendar:
+    def new_calendar(self, name: str, user: str = USER, cal_id: str | None = None) -> RemoteCalendar:
         """A fresh, empty calendar made with the caldav library (MKCALENDAR)."""
-        made = self.client().principal().make_calendar(name=name, cal_id=uuid.uuid4().hex[:12])
-        return RemoteCalendar(self, absolute(self.url, str(made.url)))
+        made = self.client(user).principal().make_calendar(name=name,
+                                                           cal_id=cal_id or uuid.uuid4().hex[:12])
+        return RemoteCalendar(self, absolute(self.url, str(made.url)), user)
 
     def expire_sync_tokens(self, calendar: RemoteCalendar) -> None:
         if self.kind != "radicale":
@@ -176,16 +192,17 @@ class RemoteServer:
 
 @contextmanager
 def radicale_server(tmp: Path) -> Iterator[RemoteServer]:
-    with start_stock_radicale(tmp, {USER: PASSWORD}) as radicale:
+    users = {USER: PASSWORD}
+    with start_stock_radicale(tmp, users) as radicale:
         htpasswd = radicale.root / "users.htpasswd"
 
-        def set_password(password: str) -> None:
-            htpasswd.write_text(f"{USER}:{password}\n", encoding="utf-8")
-            time.sleep(0.01)  # Radicale re-reads the file when its mtime or size changes
+        def save_users() -> None:  # Radicale re-reads the file when its mtime or size changes
+            htpasswd.write_text("".join(f"{u}:{p}\n" for u, p in users.items()), encoding="utf-8")
+            time.sleep(0.01)
 
         proxy = FaultProxy(radicale.url)
         try:
-            yield RemoteServer("radicale", proxy, radicale.root, _revoke=set_password)
+            yield RemoteServer("radicale", proxy, radicale.root, users, save_users)
         finally:
             proxy.close()
 
@@ -207,9 +224,8 @@ def xandikos_server(tmp: Path) -> Iterator[RemoteServer]:
     proxy: FaultProxy | None = None
     try:
         _wait_until_up(f"http://127.0.0.1:{port}/", process, log_file)
-        proxy = FaultProxy(f"http://127.0.0.1:{port}/", users)
-        yield RemoteServer("xandikos", proxy, tmp,
-                           _revoke=lambda password: users.__setitem__(USER, password))
+        proxy = FaultProxy(f"http://127.0.0.1:{port}/", users)  # checks the same dict
+        yield RemoteServer("xandikos", proxy, tmp, users, lambda: None)
     finally:
         if proxy is not None:
             proxy.close()
@@ -229,11 +245,12 @@ class RemoteCalendar:
 
     server: RemoteServer
     url: str
+    user: str = USER
 
     def _http(self, method: str, path: str, body: str | None = None,
               headers: dict[str, str] | None = None) -> requests.Response:
         answer = requests.request(method, urljoin(self.url, path), data=body, timeout=30,
-                                  auth=(self.server.username, self.server.password),
+                                  auth=(self.user, self.server.users[self.user]),
                                   headers={"Content-Type": "text/calendar; charset=utf-8",
                                            **(headers or {})})
         answer.raise_for_status()
@@ -256,7 +273,7 @@ class RemoteCalendar:
 
     def paths(self) -> list[str]:
         """Every object in the calendar (its .ics paths), by the caldav library's listing."""
-        calendar = caldav.Calendar(client=self.server.client(), url=self.url)
+        calendar = caldav.Calendar(client=self.server.client(self.user), url=self.url)
         return sorted(canonical_path(str(o.url)) for o in calendar.search(event=True))
 
     def override(self, path: str, original: datetime, start: datetime | None,
@@ -281,3 +298,96 @@ class RemoteCalendar:
             moved.add("DTEND", end)
             calendar.add_component(moved)
         self.update(path, calendar.to_ical().decode("utf-8"))
+
+
+# --- Lockstep's side: connecting, and the shared end-to-end scenarios' account ------------------
+
+def connect_caldav_cli(server: LockstepServer, user: str, url: str, remote_user: str,
+                       password: str) -> subprocess.CompletedProcess[str]:
+    """``lockstep connect caldav USER --url U --username R --password -`` with the app password
+    on standard input (so that it is not on the command line)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "--data", str(server.data_dir), "connect", "caldav",
+         user, "--url", url, "--username", remote_user, "--password", "-"],
+        env=server.env(), input=password + "\n", capture_output=True, text=True, timeout=120)
+
+
+def event_ical(uid: str, summary: str, start: datetime, end: datetime) -> str:
+    calendar = icalendar.Calendar()
+    calendar.add("PRODID", "-//Remote phone//EN")
+    calendar.add("VERSION", "2.0")
+    event = icalendar.Event()
+    event.add("UID", uid)
+    event.add("DTSTAMP", datetime.now(timezone.utc))
+    event.add("DTSTART", start)
+    event.add("DTEND", end)
+    event.add("SUMMARY", summary)
+    calendar.add_component(event)
+    return calendar.to_ical().decode("utf-8")
+
+
+class CalDAVRemoteAccount:
+    """The RemoteAccount of tests/support/remote_accounts.py for remote CalDAV: one account per
+    tech on a stock Radicale, connected with ``lockstep connect caldav``."""
+
+    provider = "caldav"
+    mirror_slug = "caldav-primary"
+
+    def __init__(self, server: RemoteServer) -> None:
+        self.server = server
+        self.calendars: dict[str, RemoteCalendar] = {}
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def connect(self, lockstep: LockstepServer, user: str) -> None:
+        if user not in self.calendars:
+            self.server.add_account(user, f"app-{uuid.uuid4().hex[:12]}")
+            self.calendars[user] = self.server.new_calendar("Calendar", user)
+        done = connect_caldav_cli(lockstep, user, self.server.url, user, self.server.users[user])
+        assert done.returncode == 0, done.stderr
+
+    def reconnect(self, lockstep: LockstepServer, user: str) -> None:
+        """A new app password, given to Lockstep again."""
+        self.server.set_password(user, f"app-{uuid.uuid4().hex[:12]}")
+        self.connect(lockstep, user)
+
+    def create(self, user: str, summary: str, start: datetime, end: datetime) -> str:
+        return self.calendars[user].create(event_ical(f"phone-{uuid.uuid4()}", summary, start, end))
+
+    def _edit(self, user: str, remote_id: str, **values: Any) -> None:
+        calendar = self.calendars[user].read(remote_id)
+        event = next(iter(calendar.walk("VEVENT")))
+        for key, value in values.items():
+            event.pop(key, None)
+            event.add(key, value)
+        self.calendars[user].update(remote_id, calendar.to_ical().decode("utf-8"))
+
+    def move(self, user: str, remote_id: str, start: datetime, end: datetime) -> None:
+        self._edit(user, remote_id, DTSTART=start, DTEND=end)
+
+    def rename(self, user: str, remote_id: str, summary: str) -> None:
+        self._edit(user, remote_id, SUMMARY=summary)
+
+    def delete(self, user: str, remote_id: str) -> None:
+        self.calendars[user].delete(remote_id)
+
+    def events(self, user: str) -> list[Any]:
+        from tests.support.remote_accounts import RemoteView
+
+        views = []
+        for path in self.calendars[user].paths():
+            event = next(iter(self.calendars[user].read(path).walk("VEVENT")))
+            start = event["DTSTART"].dt
+            start_utc = (start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                         if isinstance(start, datetime) else "")
+            uid = event.get("X-LOCKSTEP-UID")
+            views.append(RemoteView(remote_id=path, summary=str(event.get("SUMMARY", "")),
+                                    start_utc=start_utc, lockstep_uid=str(uid) if uid else None))
+        return views
+
+    def expire_cursor(self, user: str) -> None:
+        self.server.expire_sync_tokens(self.calendars[user])
+
+    def revoke(self, user: str) -> None:
+        self.server.revoke(user)
