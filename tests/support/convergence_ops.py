@@ -1,0 +1,324 @@
+"""The operations of a convergence scenario, one function per thing a side can do.
+
+Sides: the booking API (what it acknowledged is recorded in :class:`Model`),
+a CalDAV client editing the tech's mirror calendar, and the provider's own app
+(personal events through the RemoteAccount protocol; Google-only shapes such
+as series with exceptions, all-day and tentative invitations through the
+emulator's control API). Every function draws only from ``ctx.rng``, so a seed
+replays the same choices.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import icalendar
+import requests
+
+from tests.support.convergence_world import TECH_ZONE, WINDOW_DAYS, WINDOW_START, Tech, World
+from tests.support.dav import event_ics, multistatus, tag
+from tests.support.remote_accounts import utc_text
+
+ZONE = ZoneInfo(TECH_ZONE)
+API_RETRIES = 6
+
+
+@dataclass
+class Booking:
+    uid: str
+    start: datetime
+    end: datetime
+    summary: str
+
+
+@dataclass
+class Model:
+    """What the scenario knows must hold: acknowledged bookings, and what happened."""
+
+    bookings: dict[str, Booking] = field(default_factory=dict)
+    ever_booked: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
+    faults_used: set[str] = field(default_factory=set)
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Ctx:
+    world: World
+    tech: Tech
+    rng: random.Random
+    model: Model
+
+    def note(self, text: str) -> None:
+        self.model.log.append(f"{len(self.model.log) + 1:>3} {text}")
+
+
+# -- times ---------------------------------------------------------------------------------
+def local(day: int, hour: float) -> datetime:
+    """``hour`` o'clock on day ``day`` of the window, in the tech's zone, as an aware datetime."""
+    first = WINDOW_START.astimezone(ZONE).date() + timedelta(days=day)
+    minutes = int(round(hour * 60))
+    return datetime(first.year, first.month, first.day, minutes // 60, minutes % 60, tzinfo=ZONE)
+
+
+def _slot(rng: random.Random, earliest: float = 8, latest: float = 17) -> tuple[datetime, datetime]:
+    day = rng.randrange(WINDOW_DAYS - 7)  # series and moves stay inside the window
+    start = local(day, rng.randrange(int(earliest * 2), int(latest * 2) - 1) / 2)
+    return start, start + timedelta(minutes=rng.choice((30, 60, 90)))
+
+
+def _z(moment: datetime) -> str:
+    return utc_text(moment)
+
+
+# -- the booking API -----------------------------------------------------------------------
+def _api(ctx: Ctx, method: str, path: str, body: Any = None, key: str | None = None) -> requests.Response:
+    """One API call as a careful client makes it: retried on 5xx or a dropped connection
+    (with the same Idempotency-Key for creates), so the answer is never ambiguous."""
+    api = ctx.world.api
+    for attempt in range(API_RETRIES):
+        try:
+            headers = {"Idempotency-Key": key} if key else {}
+            answer = api.session.request(method, api.base + path, json=body, headers=headers, timeout=30)
+        except requests.ConnectionError:
+            answer = None
+        if answer is not None and answer.status_code < 500:
+            return answer
+        time.sleep(0.3 * (attempt + 1))
+    raise AssertionError(f"API {method} {path} kept failing: "
+                         f"{answer.status_code if answer is not None else 'no connection'}")
+
+
+def api_book(ctx: Ctx) -> None:
+    start, end = _slot(ctx.rng)
+    summary = f"Job {ctx.rng.randrange(10**6)}"
+    answer = _api(ctx, "POST", "/bookings", {"tech": ctx.tech.user, "start": _z(start), "end": _z(end),
+                                              "summary": summary}, key=str(uuid.UUID(int=ctx.rng.getrandbits(128))))
+    if answer.status_code == 201:
+        uid = answer.json()["uid"]
+        ctx.model.bookings[uid] = Booking(uid, start, end, summary)
+        ctx.model.ever_booked.add(uid)
+        ctx.note(f"api book {uid} {_z(start)}..{_z(end)} -> 201")
+    else:
+        assert answer.status_code == 409, answer.text
+        ctx.note(f"api book {_z(start)}..{_z(end)} -> 409 refused")
+
+
+def api_move(ctx: Ctx) -> None:
+    if not ctx.model.bookings:
+        return api_book(ctx)
+    booking = ctx.model.bookings[ctx.rng.choice(sorted(ctx.model.bookings))]
+    start, end = _slot(ctx.rng)
+    answer = _api(ctx, "PATCH", f"/bookings/{booking.uid}", {"start": _z(start), "end": _z(end)})
+    if answer.status_code == 200:
+        booking.start, booking.end = start, end
+        ctx.note(f"api move {booking.uid} -> {_z(start)}..{_z(end)} 200")
+    else:
+        assert answer.status_code == 409, answer.text
+        ctx.note(f"api move {booking.uid} -> {_z(start)} 409 refused")
+
+
+def api_cancel(ctx: Ctx) -> None:
+    if not ctx.model.bookings:
+        return api_book(ctx)
+    uid = ctx.rng.choice(sorted(ctx.model.bookings))
+    answer = _api(ctx, "DELETE", f"/bookings/{uid}")
+    assert answer.status_code in (204, 404), answer.text
+    if answer.status_code == 204:
+        del ctx.model.bookings[uid]
+    ctx.note(f"api cancel {uid} -> {answer.status_code}")
+
+
+# -- a CalDAV client on the mirror calendar -------------------------------------------------
+def mirror_items(ctx: Ctx) -> list[tuple[str, str]]:
+    """(href, etag) of the items in the tech's mirror calendar, sorted."""
+    listing = ctx.tech.dav.request("PROPFIND", ctx.world.mirror_url(ctx.tech), headers={"Depth": "1"})
+    if listing.status_code != 207:
+        return []
+    return sorted((r.href, r.props[tag("d", "getetag")].text or "") for r in multistatus(listing.text)
+                  if r.href.endswith(".ics") and tag("d", "getetag") in r.props)
+
+
+def dav_create(ctx: Ctx) -> None:
+    start, end = _slot(ctx.rng, 6, 21)
+    uid = f"dav-{uuid.UUID(int=ctx.rng.getrandbits(128))}"
+    text = event_ics(uid, f"Phone {ctx.rng.randrange(1000)}", _ical_utc(start), _ical_utc(end))
+    answer = ctx.tech.dav.put(ctx.world.mirror_url(ctx.tech) + f"{uid}.ics", data=text,
+                              headers={"If-None-Match": "*", "Content-Type": "text/calendar"})
+    ctx.note(f"dav create {uid} {_z(start)}..{_z(end)} -> {answer.status_code}")
+    assert answer.status_code in (201, 204), answer.text
+
+
+def _ical_utc(moment: datetime) -> str:
+    return utc_text(moment).replace("-", "").replace(":", "")
+
+
+def dav_edit(ctx: Ctx) -> None:
+    items = mirror_items(ctx)
+    if not items:
+        return dav_create(ctx)
+    href, etag = ctx.rng.choice(items)
+    url = ctx.world.server.url + href
+    current = ctx.tech.dav.get(url)
+    if current.status_code != 200:
+        ctx.note(f"dav edit {href}: gone ({current.status_code})")
+        return
+    calendar = icalendar.Calendar.from_ical(current.text)
+    events = list(calendar.walk("VEVENT"))
+    master = next(e for e in events if "RECURRENCE-ID" not in e)
+    simple = len(events) == 1 and "RRULE" not in master and isinstance(master["DTSTART"].dt, datetime)
+    if simple and ctx.rng.random() < 0.6:
+        shift = timedelta(minutes=30 * ctx.rng.choice((-4, -2, -1, 1, 2, 4)))
+        for name in ("DTSTART", "DTEND"):
+            if name in master:
+                value = master[name].dt + shift
+                del master[name]
+                master.add(name, value)
+        what = f"shift {shift}"
+    else:
+        summary = f"Edited {ctx.rng.randrange(1000)}"
+        for event in events:
+            if "SUMMARY" in event:
+                del event["SUMMARY"]
+            event.add("SUMMARY", summary)
+        what = f"summary {summary!r}"
+    answer = ctx.tech.dav.put(url, data=calendar.to_ical(),
+                              headers={"If-Match": current.headers.get("ETag", etag),
+                                       "Content-Type": "text/calendar"})
+    ctx.note(f"dav edit {href} {what} -> {answer.status_code}")
+    assert answer.status_code in (201, 204, 412), answer.text
+
+
+def dav_delete(ctx: Ctx) -> None:
+    items = mirror_items(ctx)
+    if not items:
+        return dav_create(ctx)
+    href, etag = ctx.rng.choice(items)
+    answer = ctx.tech.dav.delete(ctx.world.server.url + href, headers={"If-Match": etag})
+    ctx.note(f"dav delete {href} -> {answer.status_code}")
+    assert answer.status_code in (200, 204, 404, 412), answer.text
+
+
+# -- the provider's own app --------------------------------------------------------------------
+def _personal(ctx: Ctx, timed_single: bool = False) -> list[dict[str, Any]]:
+    """Live events of the tech's primary calendar that are not bookings (series parts left out
+    when ``timed_single``)."""
+    out = []
+    for event in ctx.world.account.sandbox.stored_events(ctx.tech.email):  # type: ignore[attr-defined]
+        uid = (event.get("extendedProperties") or {}).get("private", {}).get("lockstepUid")
+        if uid in ctx.model.ever_booked or event.get("recurringEventId"):
+            continue
+        if timed_single and (event.get("recurrence") or "date" in event.get("start", {})):
+            continue
+        out.append(event)
+    return sorted(out, key=lambda e: str(e["id"]))
+
+
+def remote_create(ctx: Ctx) -> None:
+    start, end = _slot(ctx.rng, 6, 21)
+    remote_id = ctx.world.account.create(ctx.tech.user, f"Errand {ctx.rng.randrange(1000)}", start, end)
+    ctx.note(f"remote create {remote_id} {_z(start)}..{_z(end)}")
+
+
+def remote_move(ctx: Ctx) -> None:
+    events = _personal(ctx, timed_single=True)
+    if not events:
+        return remote_create(ctx)
+    event = ctx.rng.choice(events)
+    start, end = _slot(ctx.rng, 6, 21)
+    ctx.world.account.move(ctx.tech.user, str(event["id"]), start, end)
+    ctx.note(f"remote move {event['id']} -> {_z(start)}..{_z(end)}")
+
+
+def remote_rename(ctx: Ctx) -> None:
+    events = _personal(ctx)
+    if not events:
+        return remote_create(ctx)
+    event = ctx.rng.choice(events)
+    summary = f"Renamed {ctx.rng.randrange(1000)}"
+    ctx.world.account.rename(ctx.tech.user, str(event["id"]), summary)
+    ctx.note(f"remote rename {event['id']} {summary!r}")
+
+
+def remote_delete(ctx: Ctx) -> None:
+    events = _personal(ctx)
+    if not events:
+        return remote_create(ctx)
+    event = ctx.rng.choice(events)
+    ctx.world.account.delete(ctx.tech.user, str(event["id"]))
+    ctx.note(f"remote delete {event['id']}")
+
+
+def remote_tamper_booking(ctx: Ctx) -> None:
+    """The tech moves or deletes a booking in their own calendar app (Lockstep must restore it)."""
+    ours = [e for e in ctx.world.account.events(ctx.tech.user) if e.lockstep_uid in ctx.model.bookings]
+    if not ours:
+        return remote_create(ctx)
+    event = ctx.rng.choice(sorted(ours, key=lambda e: e.remote_id))
+    if ctx.rng.random() < 0.5:
+        ctx.world.account.delete(ctx.tech.user, event.remote_id)
+        ctx.note(f"remote tamper: delete booking {event.lockstep_uid}")
+    else:
+        start, end = _slot(ctx.rng, 6, 21)
+        ctx.world.account.move(ctx.tech.user, event.remote_id, start, end)
+        ctx.note(f"remote tamper: move booking {event.lockstep_uid} -> {_z(start)}")
+
+
+# -- Google-only shapes, through the emulator -----------------------------------------------
+def _sandbox(ctx: Ctx) -> Any:
+    return ctx.world.account.sandbox  # type: ignore[attr-defined]
+
+
+def _zoned(moment: datetime) -> dict[str, str]:
+    return {"dateTime": moment.astimezone(ZONE).isoformat(), "timeZone": TECH_ZONE}
+
+
+def google_series(ctx: Ctx) -> None:
+    """A weekly series of four; one instance moved, one cancelled."""
+    start, end = _slot(ctx.rng, 7, 19)
+    google = _sandbox(ctx)
+    master = google.create_event(ctx.tech.email, {
+        "summary": f"Weekly {ctx.rng.randrange(1000)}", "start": _zoned(start), "end": _zoned(end),
+        "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=4"]})
+    moved, cancelled = ctx.rng.sample(range(1, 4), 2)
+    original = start + timedelta(weeks=moved)
+    shift = timedelta(minutes=30 * ctx.rng.choice((-3, -1, 1, 2, 5)))
+    instance = f"{master['id']}_{_ical_utc(original)}"
+    google.patch_event(ctx.tech.email, instance, {"start": _zoned(original + shift),
+                                                  "end": _zoned(end + timedelta(weeks=moved) + shift)})
+    google.delete_event(ctx.tech.email, f"{master['id']}_{_ical_utc(start + timedelta(weeks=cancelled))}")
+    ctx.note(f"google series {master['id']} from {_z(start)}, #{moved} moved {shift}, #{cancelled} cancelled")
+
+
+def google_allday(ctx: Ctx) -> None:
+    first: date = local(ctx.rng.randrange(WINDOW_DAYS - 7), 0).date()
+    days = ctx.rng.choice((1, 1, 2))
+    event = _sandbox(ctx).create_event(ctx.tech.email, {
+        "summary": "PTO", "start": {"date": first.isoformat()},
+        "end": {"date": (first + timedelta(days=days)).isoformat()}})
+    ctx.note(f"google all-day {event['id']} {first} x{days}")
+
+
+def google_tentative(ctx: Ctx) -> None:
+    start, end = _slot(ctx.rng, 7, 19)
+    event = _sandbox(ctx).create_event(ctx.tech.email, {
+        "summary": "Vendor call (maybe)", "start": _zoned(start), "end": _zoned(end),
+        "attendees": [{"email": ctx.tech.email, "responseStatus": "tentative"},
+                      {"email": "vendor@example.net", "organizer": True, "responseStatus": "accepted"}]})
+    ctx.note(f"google tentative {event['id']} {_z(start)}..{_z(end)}")
+
+
+Op = Callable[[Ctx], None]
+OPERATIONS: list[tuple[Op, int]] = [
+    (api_book, 6), (api_move, 3), (api_cancel, 2),
+    (dav_create, 2), (dav_edit, 2), (dav_delete, 1),
+    (remote_create, 4), (remote_move, 2), (remote_rename, 1), (remote_delete, 2), (remote_tamper_booking, 1),
+    (google_series, 1), (google_allday, 1), (google_tentative, 1),
+]

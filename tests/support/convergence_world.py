@@ -1,0 +1,125 @@
+"""The running system a convergence scenario acts on: server, worker, remote account, clients.
+
+One world serves many scenarios (each gets fresh techs), because starting
+processes is the slow part. Layout: ``lockstep serve --no-workers`` plus one
+``lockstep worker`` process that a fault can SIGKILL and restart, both on the
+same database (SQLite file or a PostgreSQL schema).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+import sqlalchemy
+
+from server import techs
+from server.techs import Settings
+from tests.support.api import Api, api_for
+from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema
+from tests.support.lockstep_worker import LockstepWorker
+from tests.support.remote_accounts import RemoteAccount, open_account
+
+UTC = timezone.utc
+TECH_ZONE = "America/Los_Angeles"
+# The scenario window: five weeks without a DST change, far enough ahead for every booking.
+WINDOW_START = datetime(2027, 2, 1, 8, 0, tzinfo=UTC)  # Monday 00:00 in Los Angeles
+WINDOW_DAYS = 35
+POLL_SECONDS = 3
+LEASE_SECONDS = 4
+
+
+@dataclass
+class Tech:
+    user: str
+    password: str
+    dav: requests.Session
+
+    @property
+    def email(self) -> str:
+        return f"{self.user}@example.com"
+
+
+@dataclass
+class World:
+    server: LockstepServer
+    account: RemoteAccount
+    api: Api
+    backend: str
+    worker: LockstepWorker
+    app_name: str = ""  # PostgreSQL application_name of every process of this world
+    techs: list[Tech] = field(default_factory=list)
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        return WINDOW_START, WINDOW_START + timedelta(days=WINDOW_DAYS)
+
+    def add_tech(self) -> Tech:
+        """A tech whose policy makes every side's busy time comparable exactly:
+        tentative blocks, and all-day blocks whole local days (not working hours)."""
+        user, password = self.server.add_tech(tz=TECH_ZONE)
+        techs.update_tech(self.server.database, user, settings=Settings(tentative_blocks=True, allday="whole_day"))
+        self.account.connect(self.server, user)
+        session = requests.Session()
+        session.auth = (user, password)
+        tech = Tech(user, password, session)
+        self.techs.append(tech)
+        return tech
+
+    def mirror_url(self, tech: Tech) -> str:
+        return f"{self.server.dav_url}{tech.user}/{self.account.mirror_slug}/"
+
+    # -- faults on our side ------------------------------------------------------------
+    def kill_worker(self) -> None:
+        """SIGKILL the worker process: its claimed jobs stay leased until the lease runs out."""
+        if self.worker.process is not None:
+            self.worker.kill()
+
+    def ensure_worker(self) -> None:
+        if self.worker.process is None or self.worker.process.poll() is not None:
+            self.worker.process = None
+            self.worker.start()
+
+    def drop_database_connections(self) -> int:
+        """PostgreSQL: terminate every backend of this world's processes (not other tests')."""
+        if self.backend != "postgresql":
+            return 0
+        engine = sqlalchemy.create_engine(self.server.database_url)
+        try:
+            with engine.begin() as connection:
+                killed = connection.execute(sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": self.app_name}).scalar()
+        finally:
+            engine.dispose()
+        return int(killed or 0)
+
+
+@contextlib.contextmanager
+def open_world(data_dir: Path, backend: str, provider: str = "google") -> Iterator[World]:
+    """Server (web only) + one worker process + the provider's far end, all stopped afterwards."""
+    with contextlib.ExitStack() as stack:
+        account = stack.enter_context(open_account(provider))
+        app_name = ""
+        if backend == "postgresql":
+            app_name = "lockstep-conv-" + secrets.token_hex(4)
+            base = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
+            database_url = f"{base}&application_name={app_name}"
+        else:
+            database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
+        env = {**account.env(), "LOCKSTEP_SYNC_POLL_SECONDS": str(POLL_SECONDS),
+               "LOCKSTEP_SYNC_LEASE_SECONDS": str(LEASE_SECONDS)}
+        server = LockstepServer(data_dir=data_dir, database_url=database_url, extra_env=env)
+        stack.callback(server.stop)
+        server.start("--no-workers")
+        worker = LockstepWorker(data_dir=data_dir, database_url=database_url, public_url=server.url, extra_env=env)
+        stack.callback(worker.stop)
+        worker.start()
+        yield World(server=server, account=account, api=api_for(server, "bookings"), backend=backend,
+                    worker=worker, app_name=app_name)
