@@ -224,6 +224,10 @@ def test_webhook_handshake_and_forged_notifications(server: LockstepServer, grap
     assert _calendar_row(server, user).watch_channel == row.watch_channel
     assert row.watch_channel in {s["id"] for s in graph.subscriptions()}
     assert server.log_file.read_text().count("rejected Microsoft notification") >= 2
+    # The genuine lifecycle event from Graph is acted on at once (not at the half-life renewal).
+    graph.send_lifecycle(row.watch_channel, "reauthorizationRequired")
+    eventually(lambda: _calendar_row(server, user).watch_channel != row.watch_channel,
+               what="a new subscription after reauthorizationRequired")
 
 
 def test_revoked_grant_needs_reauth_and_keeps_the_booking(server: LockstepServer, api: Api, graph: GraphSandbox,

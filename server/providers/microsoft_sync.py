@@ -198,21 +198,22 @@ class ChangeReader:
         low, high = window(self.opened)
         found: list[GraphEvent] = []
         for page in self.client.pages(f"me/events/{quote(master_id, safe='')}/instances", "events.instances",
-                                      params={"startDateTime": utc_text(low), "endDateTime": utc_text(high)}):
+                                      params={"startDateTime": utc_text(low), "endDateTime": utc_text(high),
+                                              "$top": 500}):
             found.extend(page.get("value", []))
         return found
 
     def read_series(self, master_id: str, instances: list[GraphEvent] | None) -> RemoteEvent:
         """The whole series as one object (a deletion when its master is gone)."""
         master = self.get(master_id)
-        if master is None or master.get("isCancelled") and not master.get("recurrence"):
+        if master is None:
             self.series.pop(master_id, None)
             return RemoteEvent(master_id)
         if master.get("type") != "seriesMaster" or not master.get("recurrence"):
             self.series.pop(master_id, None)
             return self.single(master)
-        if instances is None:
-            instances = self.instances(master_id)
+        if instances is None or any(not i.get("originalStart") for i in instances):
+            instances = self.instances(master_id)  # delta's copies lack what we need: ask the series
         self.series[master_id] = {digest(str(i["id"])) for i in instances}
         exceptions = [i for i in instances if i.get("type") == "exception"]
         gone = cancelled_starts(master, instances, *window(self.opened))

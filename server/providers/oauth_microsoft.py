@@ -22,6 +22,9 @@ import requests
 
 SCOPES = ["Calendars.ReadWrite"]  # MSAL adds openid, profile and offline_access itself
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+# MSAL's cache of discovery documents and throttling state, shared by the app objects of a
+# process: without it every sync job would fetch the authority's OpenID configuration again.
+_HTTP_CACHE: dict[Any, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def msal_app(settings: MicrosoftSettings, cache: msal.SerializableTokenCache | N
     return msal.ConfidentialClientApplication(
         settings.client_id, client_credential=settings.client_secret or None,
         authority=settings.effective_authority, token_cache=cache,
-        http_client=session or http_session(settings), timeout=settings.timeout,
+        http_client=session or http_session(settings), timeout=settings.timeout, http_cache=_HTTP_CACHE,
         instance_discovery=False if custom else None, validate_authority=not custom)
 
 
