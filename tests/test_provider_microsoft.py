@@ -272,3 +272,37 @@ def test_secrets_stay_out_of_reprs(harness: MicrosoftHarness) -> None:
     assert "msal_cache" not in repr(harness.provider)
     assert harness.settings.client_secret not in repr(harness.settings)
     assert RemoteEvent("x").deleted
+
+
+ALL_DAY = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\n"
+           "DTSTAMP:20270101T000000Z\r\nDTSTART;VALUE=DATE:20270302\r\nDTEND;VALUE=DATE:20270303\r\n"
+           "SUMMARY:Training\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+
+
+def test_all_day_is_written_in_the_mailbox_zone(graph: GraphSandbox, harness: MicrosoftHarness) -> None:
+    ours = uid()
+    written = harness.provider.put_event(harness.calendar_id, ours, ALL_DAY.format(uid=ours))
+    stored = next(e for e in graph.stored_events(harness.email) if e["id"] == written.remote_id)
+    assert stored["isAllDay"] is True and stored["originalStartTimeZone"] == "Eastern Standard Time"
+    (event,) = drain(harness, None)[0]
+    assert "DTSTART;VALUE=DATE:20270302" in (event.ical or "") and "DTEND;VALUE=DATE:20270303" in (event.ical or "")
+    assert busy(event.ical) == ["03-02 05:00-05:00"]  # the whole local day (contract policy: all hours)
+
+
+def test_series_becomes_all_day_single(harness: MicrosoftHarness) -> None:
+    ours = uid()
+    series = harness.provider.put_event(harness.calendar_id, ours, series_ical(ours))
+    written = harness.provider.put_event(harness.calendar_id, ours, ALL_DAY.format(uid=ours),
+                                         remote_id=series.remote_id, etag=series.etag)
+    (event,) = drain(harness, None)[0]
+    assert event.remote_id == written.remote_id and summaries(event.ical) == ["Training"]
+    assert "RRULE" not in (event.ical or "")
+
+
+def test_read_only_calendar_refuses_writes_without_losing_the_grant(graph: GraphSandbox,
+                                                                    harness: MicrosoftHarness) -> None:
+    shared = graph.add_calendar(harness.email, "Team (read only)", can_edit=False)
+    with pytest.raises(ProviderError) as err:
+        harness.provider.put_event(shared, uid(), ical(uid(), "Nope", at("2027-02-18", 9)))
+    assert err.value.permanent and not isinstance(err.value, AuthorizationLost) and "403" in str(err.value)
+    harness.provider.list_calendars()  # the grant itself is fine

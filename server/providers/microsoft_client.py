@@ -79,8 +79,6 @@ def translate(response: requests.Response, what: str) -> ProviderError:
         return PreconditionFailed(f"{text} (the event changed in Outlook meanwhile)")
     if status == 401:
         return AuthorizationLost(f"{text} (still refused after a token refresh: reconnect Outlook)")
-    if status == 403 and code in ("ErrorAccessDenied", "Authorization_RequestDenied"):
-        return AuthorizationLost(f"{text} (the grant lacks calendar access: reconnect Outlook)")
     transient = status in (408, 429) or status >= 500
     return GraphApiError(text, status=status, code=code, permanent=not transient,
                          retry_after=retry_after_of(response.headers) if transient else None)
@@ -102,11 +100,23 @@ class GraphClient:
         self.session = http_session(settings)
         self._app: msal.ConfidentialClientApplication | None = None
         self._token: str | None = None
+        self._mailbox_zone: str | None = None
 
     @property
     def username(self) -> str:
         """The mailbox address of the connected account (the tech's own responses)."""
         return str(self._blob.get("username") or "")
+
+    def mailbox_zone(self) -> str:
+        """The mailbox's own time zone name (all-day events are written in it, so Outlook shows
+        them on their day); "UTC" when Graph will not say."""
+        if self._mailbox_zone is None:
+            try:
+                self._mailbox_zone = str(self.json("GET", "me/mailboxSettings", "mailboxSettings.get")
+                                         .get("timeZone") or "UTC")
+            except GraphApiError:
+                self._mailbox_zone = "UTC"
+        return self._mailbox_zone
 
     # --- tokens ---------------------------------------------------------------------------
     def _msal(self) -> msal.ConfidentialClientApplication:

@@ -28,7 +28,7 @@ from server.providers.microsoft_mapping import (
     UID_PROPERTY, GraphEvent, Series, ical_to_series, occurrence_key, series_to_ical, series_zone,
 )
 from server.providers.microsoft_sync import EXPAND, TRANSACTION_PREFIX, ChangeReader, cancelled_starts, window
-from server.providers.microsoft_zones import read_when, write_when
+from server.providers.microsoft_zones import read_when, write_when, zone_named
 
 log = logging.getLogger(__name__)
 _OWNED = ("subject", "body", "location", "showAs")
@@ -53,6 +53,8 @@ class EventWriter:
     def put(self, lockstep_uid: str, ical: str, remote_id: str | None, etag: str | None) -> RemoteEvent:
         try:
             series = ical_to_series(ical)
+            if series.master.get("isAllDay") and zone_named(self.client.mailbox_zone()) is not None:
+                series = ical_to_series(ical, all_day_zone=self.client.mailbox_zone())
         except (ValueError, KeyError) as exc:
             raise ProviderError(f"cannot write this event to Outlook: {exc}", permanent=True) from None
         body = dict(series.master)
