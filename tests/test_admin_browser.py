@@ -20,7 +20,7 @@ import requests
 from sqlalchemy import select
 
 from admin.accounts import create_admin
-from server.models import ApiToken, AuditEntry
+from server.models import ApiToken, AuditEntry, Connection
 from server.sandbox.google import GoogleSandbox
 from tests.support.google_env import connect_google, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
@@ -211,6 +211,40 @@ def test_add_tech_connect_google_and_see_a_conflict(page: object, server: Lockst
         done = {(e.actor, e.action, e.target) for e in session.scalars(select(AuditEntry))}
     assert {("boss", "tech.create", "ana"), ("boss", "connection.link", "ana"), ("boss", "calendars.choose", "ana"),
             ("boss", "token.create", "booking-app"), ("boss", "conflict.resolve", "ana")} <= done
+
+
+def test_add_caldav_account(page: object, server: LockstepServer,
+                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CalDAV form against a real second server (a stock Radicale, like iCloud or Fastmail)."""
+    from tests.support.caldav_env import radicale_server
+
+    with radicale_server(tmp_path_factory.mktemp("remote-caldav")) as remote:
+        remote.new_calendar("Personal")
+        server.add_tech("dee")
+        assert log_in(page, server).status == 200  # type: ignore[attr-defined]
+        p = page
+        p.goto(f"{server.url}/admin/techs/dee/connections")  # type: ignore[attr-defined]
+        p.click("summary:has-text('Add CalDAV account')")  # type: ignore[attr-defined]
+        p.fill("input[name=url]", remote.url)  # type: ignore[attr-defined]
+        p.fill("input[name=account]", remote.username)  # type: ignore[attr-defined]
+        p.fill("input[name=password]", "not-the-app-password")  # type: ignore[attr-defined]
+        p.click("button:has-text('Add CalDAV account')")  # type: ignore[attr-defined]
+        assert "refused the user name or password" in p.inner_text(".message.error")  # type: ignore[attr-defined]
+        with server.database.read() as session:
+            assert not session.scalars(select(Connection).where(Connection.provider == "caldav")).all()
+        assert p.input_value("input[name=url]") == remote.url  # kept open and filled for a second try  # type: ignore[attr-defined]
+        p.fill("input[name=password]", remote.password)  # type: ignore[attr-defined]
+        p.click("button:has-text('Add CalDAV account')")  # type: ignore[attr-defined]
+        assert "CalDAV account connected" in p.inner_text(".message.notice")  # type: ignore[attr-defined]
+        until(p, lambda: p.locator("code:has-text('/dav/dee/caldav-')").count(), "the CalDAV mirror")  # type: ignore[attr-defined]
+        shot(p, "connections-caldav")
+        with server.database.read() as session:
+            (connection,) = session.scalars(select(Connection).where(Connection.provider == "caldav")).all()
+            assert remote.password not in connection.credentials  # encrypted at rest
+        p.click("button:has-text('Disconnect CalDAV account')")  # type: ignore[attr-defined]
+        assert "disconnected" in p.inner_text(".message.notice")  # type: ignore[attr-defined]
+        with server.database.read() as session:
+            assert not session.scalars(select(Connection).where(Connection.provider == "caldav")).all()
 
 
 def test_post_without_csrf_token_is_refused(server: LockstepServer) -> None:

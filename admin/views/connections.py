@@ -22,7 +22,7 @@ SELECTIONS = {"primary": "Primary calendar only", "busy": "Every calendar marked
 
 
 def caldav_connector() -> Callable[..., Any] | None:
-    """The remote-CalDAV connect service function, when the provider is installed."""
+    """The remote-CalDAV connect service function (server.connections.connect_caldav), when present."""
     return getattr(connect_service, "connect_caldav", None)
 
 
@@ -92,8 +92,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
             return show(username, 400, error="Give the CalDAV server URL (https://...), the user name and "
                                              "an app password.")
         try:
-            connector(panel.database, panel.config, panel.ring, username, url=url, username=account,
-                      password=password)
+            connector(panel.database, panel.config, panel.ring, username, url, account, password)
         except (ConnectError, AdminError) as exc:
             return show(username, 400, error=str(exc))
         panel.audit("connection.create", username, f"caldav {url} as {account}")
