@@ -306,3 +306,26 @@ def test_read_only_calendar_refuses_writes_without_losing_the_grant(graph: Graph
         harness.provider.put_event(shared, uid(), ical(uid(), "Nope", at("2027-02-18", 9)))
     assert err.value.permanent and not isinstance(err.value, AuthorizationLost) and "403" in str(err.value)
     harness.provider.list_calendars()  # the grant itself is fine
+
+
+def test_consent_answers_that_do_not_fit_are_refused(graph: GraphSandbox) -> None:
+    from urllib.parse import urlencode
+
+    from server.providers.oauth_microsoft import ConsentError, consent_url, exchange
+    from tests.support.microsoft_env import approve
+
+    email = f"tech{next(_ids)}@example.com"
+    graph.add_user(email)
+    settings = graph_settings(graph)
+    redirect = "http://127.0.0.1:9/oauth/microsoft/callback"
+    url, flow = consent_url(settings, redirect, "state-1", login_hint=email)
+    back, params = approve(graph, url)
+    assert back == redirect and params["state"] == "state-1"
+    with pytest.raises(ConsentError, match="refused"):  # MSAL's ValueError on a forged state
+        exchange(settings, redirect, f"{back}?{urlencode({**params, 'state': 'forged'})}", "state-1", flow)
+    with pytest.raises(ConsentError, match="invalid_grant"):
+        exchange(settings, redirect, f"{back}?{urlencode({**params, 'code': 'stolen'})}", "state-1", flow)
+    with pytest.raises(ConsentError):  # a flow kept for another sign-in
+        exchange(settings, redirect, f"{back}?{urlencode(params)}", "state-2", flow)
+    blob = exchange(settings, redirect, f"{back}?{urlencode(params)}", "state-1", flow)
+    assert json.loads(blob)["username"] == email

@@ -224,6 +224,8 @@ def test_webhook_handshake_and_forged_notifications(server: LockstepServer, grap
     assert _calendar_row(server, user).watch_channel == row.watch_channel
     assert row.watch_channel in {s["id"] for s in graph.subscriptions()}
     assert server.log_file.read_text().count("rejected Microsoft notification") >= 2
+    forged_sign_in = requests.post(f"{server.url}/oauth/microsoft/callback", data={"state": "forged", "code": "x"})
+    assert forged_sign_in.status_code == 400 and "unknown or has expired" in forged_sign_in.text
     # The genuine lifecycle event from Graph is acted on at once (not at the half-life renewal).
     graph.send_lifecycle(row.watch_channel, "reauthorizationRequired")
     eventually(lambda: _calendar_row(server, user).watch_channel != row.watch_channel,
