@@ -86,70 +86,65 @@ def _booking_remotely(account: CalDAVRemoteAccount, user: str, uid: str) -> obje
     return next((e for e in account.events(user) if e.lockstep_uid == uid), None)
 
 
-def test_booking_appears_remotely_and_cancelling_removes_it(
-        server: LockstepServer, api: Api, account: CalDAVRemoteAccount, connected: tuple[str, str]) -> None:
-    user = connected[0]
+def test_two_way_sync(server: LockstepServer, api: Api, account: CalDAVRemoteAccount,
+                      connected: tuple[str, str]) -> None:
+    """One tech, every direction: a booking out, a personal event in, an edit on each side,
+    deletes on each side. (One connection for all of it keeps the module quick.)"""
+    user, password = connected
     with server.database.read() as session:
         stored = session.scalar(select(Connection).join(Tech, Tech.id == Connection.tech_id)
                                 .where(Tech.username == user))
         assert stored is not None and stored.provider == "caldav" and stored.credentials
         assert account.server.users[user] not in stored.credentials  # encrypted at rest
+
+    # A booking appears in the remote calendar, under its own UID, marked as ours.
     booking = api.post("/bookings", {"tech": user, "start": "2026-12-01T17:00:00Z",
                                      "end": "2026-12-01T18:00:00Z", "summary": "Fix boiler"}).json()
     event = eventually(lambda: _booking_remotely(account, user, booking["uid"]),
                        what="booking in the remote calendar")
     assert event.summary == "Fix boiler" and event.start_utc == "2026-12-01T17:00:00Z"
-    stored = account.calendars[user].read(event.remote_id)
-    assert [str(e["UID"]) for e in stored.walk("VEVENT")] == [booking["uid"]]
-    assert api.delete(f"/bookings/{booking['uid']}").status_code in (200, 204)
-    eventually(lambda: account.events(user) == [], what="cancelled booking gone remotely")
+    stored_booking = account.calendars[user].read(event.remote_id)
+    assert [str(e["UID"]) for e in stored_booking.walk("VEVENT")] == [booking["uid"]]
+    booked = [{"start": "2026-12-01T17:00:00Z", "end": "2026-12-01T18:00:00Z"}]
 
-
-def test_personal_event_blocks_shows_over_caldav_follows_edits_and_delete(
-        server: LockstepServer, api: Api, account: CalDAVRemoteAccount,
-        connected: tuple[str, str]) -> None:
-    user, password = connected
-    remote_id = account.create(user, "Dentist", at("2026-12-01T20:00:00Z"), at("2026-12-01T21:00:00Z"))
-    eventually(lambda: {"start": "2026-12-01T20:00:00Z", "end": "2026-12-01T21:00:00Z"} in _busy(api, user),
+    # A personal event made on the remote server blocks time and shows over our CalDAV.
+    dentist = account.create(user, "Dentist", at("2026-12-01T20:00:00Z"), at("2026-12-01T21:00:00Z"))
+    eventually(lambda: _busy(api, user) == booked + [{"start": "2026-12-01T20:00:00Z",
+                                                      "end": "2026-12-01T21:00:00Z"}],
                what="personal event in free/busy")
     slots = api.get("/availability", tech=user, duration=60, **DAY).json()["techs"][user]["slots"]
     assert {"start": "2026-12-01T20:00:00Z", "end": "2026-12-01T21:00:00Z"} not in slots
-    assert len(_mirror_hrefs(server, user, password)) == 1
-    sync = api.get("/freebusy", tech=user, **DAY).json()["techs"][user]["sync"]
-    assert sync["state"] == "ok"
+    (href,) = _mirror_hrefs(server, user, password)
+    assert api.get("/freebusy", tech=user, **DAY).json()["techs"][user]["sync"]["state"] == "ok"
 
-    account.move(user, remote_id, at("2026-12-01T22:00:00Z"), at("2026-12-01T23:00:00Z"))
-    eventually(lambda: _busy(api, user) == [{"start": "2026-12-01T22:00:00Z", "end": "2026-12-01T23:00:00Z"}],
+    # Edited remotely: the busy time follows.
+    account.move(user, dentist, at("2026-12-01T22:00:00Z"), at("2026-12-01T23:00:00Z"))
+    eventually(lambda: _busy(api, user) == booked + [{"start": "2026-12-01T22:00:00Z",
+                                                      "end": "2026-12-01T23:00:00Z"}],
                what="remote edit in free/busy")
 
-    account.delete(user, remote_id)
-    eventually(lambda: _busy(api, user) == [], what="remote delete to free the slot")
-    assert _mirror_hrefs(server, user, password) == []
-
-
-def test_edit_over_our_caldav_reaches_the_remote_calendar(
-        server: LockstepServer, api: Api, account: CalDAVRemoteAccount,
-        connected: tuple[str, str]) -> None:
-    user, password = connected
-    remote_id = account.create(user, "Gym", at("2026-12-01T18:00:00Z"), at("2026-12-01T19:00:00Z"))
-    (href,) = eventually(lambda: _mirror_hrefs(server, user, password), what="mirrored event")
-    url = server.url + href
-    mine = requests.get(url, auth=(user, password))
+    # Edited by the tech over our CalDAV: written back in place on the remote server.
+    mine = requests.get(server.url + href, auth=(user, password))
     uid = next(line for line in mine.text.splitlines() if line.startswith("UID:"))[4:]
-    changed = event_ical(uid, "Gym (moved)", at("2026-12-01T19:00:00Z"), at("2026-12-01T20:00:00Z"))
-    put = requests.put(url, data=changed, auth=(user, password),
+    changed = event_ical(uid, "Dentist (late)", at("2026-12-01T23:00:00Z"), at("2026-12-02T00:00:00Z"))
+    put = requests.put(server.url + href, data=changed, auth=(user, password),
                        headers={"Content-Type": "text/calendar", "If-Match": mine.headers["ETag"]})
     assert put.status_code in (201, 204), put.text
 
-    def moved_remotely() -> bool:
-        (event,) = account.events(user)
-        return event.summary == "Gym (moved)" and event.start_utc == "2026-12-01T19:00:00Z"
+    def edited_remotely() -> bool:
+        found = {e.remote_id: e for e in account.events(user)}
+        return (found[dentist].summary, found[dentist].start_utc) == (
+            "Dentist (late)", "2026-12-01T23:00:00Z")
 
-    eventually(moved_remotely, what="our edit in the remote calendar")
-    (event,) = account.events(user)
-    assert event.remote_id == remote_id  # written back in place, not as a copy
-    eventually(lambda: _busy(api, user) == [{"start": "2026-12-01T19:00:00Z", "end": "2026-12-01T20:00:00Z"}],
-               what="edited event in free/busy")
+    eventually(edited_remotely, what="our edit in the remote calendar")
+    assert len(account.events(user)) == 2  # in place: no copy
+
+    # Deleted remotely: the slot frees and the mirror empties. Cancelled here: gone remotely.
+    account.delete(user, dentist)
+    eventually(lambda: _busy(api, user) == booked, what="remote delete to free the slot")
+    assert _mirror_hrefs(server, user, password) == []
+    assert api.delete(f"/bookings/{booking['uid']}").status_code in (200, 204)
+    eventually(lambda: account.events(user) == [], what="cancelled booking gone remotely")
 
 
 def test_calendar_selection(server: LockstepServer, account: CalDAVRemoteAccount,
