@@ -91,7 +91,8 @@ def _items(server: LockstepServer, user: str, password: str) -> list[str]:
     return [r.href for r in multistatus(listing.text) if r.href.endswith(".ics")]
 
 
-def test_booking_appears_in_outlook(api: Api, graph: GraphSandbox, connected: tuple[str, str, str]) -> None:
+def test_booking_appears_in_outlook_and_is_kept_there(server: LockstepServer, api: Api, graph: GraphSandbox,
+                                                      connected: tuple[str, str, str]) -> None:
     user, _, email = connected
     booking = api.post("/bookings", {"tech": user, "start": "2026-12-01T17:00:00Z",
                                      "end": "2026-12-01T18:00:00Z", "summary": "Fix boiler"}).json()
@@ -101,6 +102,20 @@ def test_booking_appears_in_outlook(api: Api, graph: GraphSandbox, connected: tu
     time.sleep(1)  # its echo comes back through delta: still one event, still one booking
     assert len([e for e in graph.stored_events(email) if e["subject"] == "Fix boiler"]) == 1
     assert _busy(api, user) == [{"start": "2026-12-01T17:00:00Z", "end": "2026-12-01T18:00:00Z"}]
+    # Moved in Outlook: the booking is the truth, so it goes back, and the tech is told.
+    graph.update_event(email, event["id"], {"start": {"dateTime": "2026-12-01T22:00:00", "timeZone": "UTC"},
+                                            "end": {"dateTime": "2026-12-01T23:00:00", "timeZone": "UTC"}})
+
+    def start_in_outlook() -> str:
+        current = _ours(graph, email, booking["uid"])
+        return _utc(current["start"]) if current else ""
+
+    time.sleep(1)
+    eventually(lambda: start_in_outlook() == "2026-12-01T17:00:00Z", timeout=30, what="the booking restored")
+    assert _busy(api, user) == [{"start": "2026-12-01T17:00:00Z", "end": "2026-12-01T18:00:00Z"}]
+    with server.database.read() as session:
+        kinds = session.scalars(select(Notification.kind).where(Notification.tech == user)).all()
+    assert "booking_reverted" in kinds
 
 
 def test_personal_event_blocks_and_shows_over_caldav(server: LockstepServer, api: Api, graph: GraphSandbox,
