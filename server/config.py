@@ -26,6 +26,13 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _http_url(value: Any) -> str:
+    text = str(value).strip()
+    if text and not text.startswith(("https://", "http://")):
+        raise ValueError(f"must be an http(s) URL, not {value!r}")
+    return text
+
+
 def _smtp_security(value: Any) -> str:
     text = str(value).strip().lower()
     if text not in ("starttls", "ssl", "none"):
@@ -105,7 +112,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "notify": {
         "email_to": Option("", str, "Comma-separated dispatcher addresses that get every notification"),
         "email_techs": Option(True, _to_bool, "Also email each tech at their own address"),
-        "webhook_url": Option("", str, "URL that gets a signed JSON POST per notification; empty = none"),
+        "webhook_url": Option("", _http_url, "URL that gets a signed JSON POST per notification; empty = none"),
         "webhook_secret": Option("", str, "HMAC-SHA256 key signing webhook bodies"),
         "webhook_timeout_seconds": Option(10.0, float, "Timeout of each webhook request"),
         "max_attempts": Option(10, int, "Delivery attempts per channel before it is marked failed"),

@@ -137,11 +137,13 @@ def run_one(database: Database, channels: Channels, kinds: list[str]) -> bool:
     """Run one due job of ``kinds``; False when there was none."""
     if not _any_due(database, kinds):  # a read: no write lock taken while idle
         return False
-    job = jobs.claim(database, kinds, lease=channels.lease(kinds[0]))
+    lease = channels.lease(kinds[0])
+    job = jobs.claim(database, kinds, lease=lease)
     if job is None:
         return False
     try:
-        handlers(database, channels)[job.kind](job.payload)
+        with jobs.lease_kept(database, job, lease):  # a slow-drip server must not get the mail sent twice
+            handlers(database, channels)[job.kind](job.payload)
     except LookupError as exc:
         log.info("%s %s dropped: %s", job.kind, job.id, exc)
         jobs.complete(database, job)

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 
+from server.config import load_config
 from server.notify import Delivery, deliveries, notify
 from server.notify_channels import DeliveryError, Outgoing
 from server.notify_email import SmtpSettings, send_email
@@ -358,3 +360,10 @@ def test_a_4xx_from_the_webhook_is_permanent_and_a_redirect_is_not_followed(rece
         send_webhook(WebhookSettings(receiver.url + "/moved", SECRET, 2.0), OUTGOING)
     assert not moved.value.permanent and "307" in str(moved.value)
     assert [p for p, _, _ in receiver.requests].count("/moved") == 1
+
+
+def test_bad_channel_settings_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\[smtp\] security: must be starttls, ssl or none"):
+        load_config(tmp_path, environ={"LOCKSTEP_SMTP_SECURITY": "tls"})
+    with pytest.raises(ValueError, match=r"\[notify\] webhook_url: must be an http\(s\) URL"):
+        load_config(tmp_path, environ={"LOCKSTEP_NOTIFY_WEBHOOK_URL": "dispatch.example.com/hook"})
