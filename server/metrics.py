@@ -62,7 +62,8 @@ def error_kind(exc: ProviderError) -> str:
         return "precondition_failed"
     status = getattr(exc, "status", None)
     reason = str(getattr(exc, "reason", "") or "").lower()
-    if status == 429 or any(word in reason for word in ("ratelimit", "toomanyrequests", "throttl")):
+    if status == 429 or "HTTP 429" in str(exc) or any(
+            word in reason for word in ("ratelimit", "toomanyrequests", "throttl")):
         return "rate_limited"
     return "permanent" if exc.permanent else "transient"
 
