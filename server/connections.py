@@ -152,6 +152,8 @@ def connect_caldav(database: Database, config: Config, ring: KeyRing, username: 
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConnectError(f"the CalDAV URL must be an https:// (or http://) address, not {url!r}")
+    if parts.username or parts.password:
+        raise ConnectError("give the user name and password with --username/--password, not in the URL")
     if not remote_user or not password:
         raise ConnectError("a CalDAV account needs a user name and an (app) password")
     with database.read() as session:

@@ -184,6 +184,8 @@ def test_wrong_password_is_refused_and_nothing_stored(server: LockstepServer,
         rows = session.scalars(select(Connection).join(Tech, Tech.id == Connection.tech_id)
                                .where(Tech.username == user)).all()
         assert rows == []
+    config, ring = load_config(str(server.data_dir), None), KeyRing("k" * 32)
     with pytest.raises(ConnectError, match="https://"):
-        connect_caldav(server.database, load_config(str(server.data_dir), None), KeyRing("k" * 32),
-                       user, "ftp://example.com/", user, "x")
+        connect_caldav(server.database, config, ring, user, "ftp://example.com/", user, "x")
+    with pytest.raises(ConnectError, match="not in the URL"):
+        connect_caldav(server.database, config, ring, user, "https://me:pw@example.com/", user, "x")

@@ -207,7 +207,7 @@ class ChangeReader:
             event = _event(path, result.etag or "", result.calendar_data)
             if event is not None:
                 found[path] = event
-        if not full:  # gone since the listing: say so now rather than on the next poll
+        if not full:  # gone since the listing, or no longer an event: gone for the engine
             found.update({p: RemoteEvent(p) for p in paths if p not in found})
         return [found[p] for p in paths if p in found]
 
