@@ -97,6 +97,7 @@ class Bridge:
                 if record.selected:
                     jobs.enqueue(session, JOB_SYNC, {"calendar": record.id}, dedupe_key=f"sync:{record.id}")
                     jobs.enqueue(session, JOB_WATCH, {"calendar": record.id}, dedupe_key=f"watch:{record.id}")
+                    self._queue_unsent_edits(session, record)
             # Bookings made before the connection go out now.
             bookings = store.get_collection(session, f"{tech}/{BOOKINGS_CALENDAR}")
             for href in store.all_hrefs(session, bookings.id) if bookings else []:
@@ -104,6 +105,20 @@ class Bridge:
                              dedupe_key=f"push:{bookings.path}/{href}")
         self._save_credentials(connection.id, provider, tech)
         log.info("import %s/%s: %d calendar(s) found", tech, connection.provider, len(calendars))
+
+    def _queue_unsent_edits(self, session: Any, record: RemoteCalendarRow) -> None:
+        """Calendar-app edits of a mirror whose push gave up (e.g. while the grant was revoked)
+        go out now: items not linked or changed since their link, and links whose item is gone."""
+        local = store.get_collection(session, record.local_path) if record.local_path else None
+        if local is None:
+            return
+        links = {link.local_href: link for link in session.scalars(select(EventLink).where(
+            EventLink.remote_calendar_id == record.id, EventLink.local_path == local.path))}
+        current = {item.href: item.etag for item in store.get_items(session, local.id)}
+        unsent = [href for href, etag in current.items() if not mirror.local_is_current(links.get(href), etag)]
+        unsent += [href for href in links if href not in current]
+        for href in sorted(unsent):
+            jobs.enqueue(session, JOB_PUSH, {"path": local.path, "href": href}, dedupe_key=f"push:{local.path}/{href}")
 
     # -- inbound ------------------------------------------------------------------
     def sync_calendar(self, payload: dict[str, Any]) -> None:
