@@ -114,7 +114,6 @@ class DavSession:
                                      rate_limit_handle=False)
         return self._client
 
-
     # --- calls ------------------------------------------------------------------------
     def call(self, what: str, action: Callable[[], T]) -> T:
         """Run a caldav-library helper; its exceptions come out as ProviderError subclasses."""

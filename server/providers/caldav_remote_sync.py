@@ -161,7 +161,7 @@ class ChangeReader:
         return Listing(changed, removed, encode_ctag_cursor(ctag, etags))
 
     def _ctag(self) -> str:
-        body = dav.Propfind() + (dav.Prop() + [dav.GetEtag(), GetCTag()])
+        body = dav.Propfind() + (dav.Prop() + [GetCTag()])
         response = self.session.send("PROPFIND getctag", "PROPFIND", self.calendar_url, xml(body),
                                      {"Depth": "0"})
         for result in response.parse_propfind():
