@@ -29,7 +29,8 @@ def create_admin_blueprint(database: Database, config: Config, secret_key: str) 
         app.config["WTF_CSRF_SECRET_KEY"] = web_session.derive_key(secret_key, "csrf")
         app.config["WTF_CSRF_TIME_LIMIT"] = web_session.MAX_AGE_SECONDS
         csrf.init_app(app)
-        app.session_interface = web_session.AdminSessionInterface(web_session.derive_key(secret_key, "session"))
+        session_key = web_session.derive_key(secret_key, "session")
+        app.session_interface = web_session.AdminSessionInterface(session_key)
 
     @admin.before_request
     def _guard() -> None:

@@ -7,12 +7,15 @@ arguments and says which field is wrong when a field cannot even be read.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from datetime import time
 from typing import Mapping
 from zoneinfo import available_timezones
 
 from server.freebusy.policy import ALLDAY_POLICIES
 from server.hours import DAYS, END_OF_DAY, parse_working_hours
+from server.models import Tech, TechSettings
 from server.techs import AdminError, Settings
 
 DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")))
@@ -21,8 +24,11 @@ ALLDAY_LABELS = {"working_hours": "blocks the working hours of that day",
 assert set(ALLDAY_LABELS) == set(ALLDAY_POLICIES)
 
 
+@functools.cache
 def time_zones() -> list[str]:
-    return sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))) + ["UTC"]
+    """IANA zones for the picker (area/city names, plus UTC); read from tzdata once."""
+    zones = (z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
+    return sorted(zones) + ["UTC"]
 
 
 @dataclass
@@ -37,26 +43,25 @@ class TechForm:
 def hours_by_day(spec: str) -> dict[str, str]:
     """"mon-fri 08:00-17:00" → {"mon": "08:00-17:00", ..., "sat": ""}."""
     parsed = parse_working_hours(spec)
-    return {DAYS[day]: " ".join(f"{a:%H:%M}-{'24:00' if b == END_OF_DAY else f'{b:%H:%M}'}" for a, b in ranges)
-            for day, ranges in parsed.items()}
+    def show(moment: time) -> str:
+        return "24:00" if moment == END_OF_DAY else f"{moment:%H:%M}"
+
+    return {DAYS[day]: " ".join(f"{show(a)}-{show(b)}" for a, b in ranges) for day, ranges in parsed.items()}
 
 
-def form_values(tech: object | None, settings: object | None) -> dict[str, str]:
+def form_values(tech: Tech | None, settings: TechSettings | None) -> dict[str, str]:
     """Field values of an existing tech (or the defaults for a new one)."""
     values = {"username": "", "name": "", "email": "", "timezone": "America/New_York",
               "tentative_blocks": "", "allday": "working_hours", "buffer_before": "0", "buffer_after": "0",
               "min_notice": "0"}
     spec = "mon-fri 08:00-17:00"
     if tech is not None:
-        values.update(username=tech.username, name=tech.name, email=tech.email,  # type: ignore[attr-defined]
-                      timezone=tech.timezone)  # type: ignore[attr-defined]
-        spec = tech.working_hours  # type: ignore[attr-defined]
+        values.update(username=tech.username, name=tech.name, email=tech.email, timezone=tech.timezone)
+        spec = tech.working_hours
     if settings is not None:
-        values.update(tentative_blocks="on" if settings.tentative_blocks else "",  # type: ignore[attr-defined]
-                      allday=settings.allday,  # type: ignore[attr-defined]
-                      buffer_before=str(settings.buffer_before_min),  # type: ignore[attr-defined]
-                      buffer_after=str(settings.buffer_after_min),  # type: ignore[attr-defined]
-                      min_notice=str(settings.min_notice_min))  # type: ignore[attr-defined]
+        values.update(tentative_blocks="on" if settings.tentative_blocks else "", allday=settings.allday,
+                      buffer_before=str(settings.buffer_before_min), buffer_after=str(settings.buffer_after_min),
+                      min_notice=str(settings.min_notice_min))
     values.update({f"hours_{day}": text for day, text in hours_by_day(spec).items()})
     return values
 

@@ -33,6 +33,9 @@ class Panel:
         audit.record(self.database, g.admin, action, target, detail)
 
 
-def page(template: str, status: int = 200, **context: Any) -> tuple[str, int, dict[str, str]]:
+PageResponse = tuple[str, int, dict[str, str]]
+
+
+def page(template: str, status: int = 200, **context: Any) -> PageResponse:
     """A rendered panel page; never cached (pages may carry a secret shown once)."""
     return render_template(f"admin/{template}", **context), status, {"Cache-Control": "no-store"}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +22,7 @@ from werkzeug.test import Client, TestResponse
 
 from admin.accounts import create_admin
 from server import techs
-from server.app import create_app
+from server.app import Lockstep, create_app
 from server.config import load_config
 from server.models import ApiToken, AuditEntry, Conflict, Connection, Tech, TechSettings
 from tests.support.lockstep_server import PG_ENV, postgres_schema
@@ -33,13 +34,14 @@ TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 class Panel:
     """A logged-out browser-like client of the panel (cookies kept between requests)."""
 
-    def __init__(self, wsgi: object, *, base_url: str = "http://localhost", ip: str = "127.0.0.1") -> None:
+    def __init__(self, wsgi: Any, *, base_url: str = "http://localhost", ip: str = "127.0.0.1") -> None:
         self.client = Client(wsgi)
         self.base_url = base_url
         self.ip = ip
 
     def get(self, path: str, **kwargs: object) -> TestResponse:
-        return self.client.get(path, base_url=self.base_url, environ_overrides={"REMOTE_ADDR": self.ip}, **kwargs)
+        return self.client.get(path, base_url=self.base_url, environ_overrides={"REMOTE_ADDR": self.ip},
+                               **kwargs)
 
     def post(self, path: str, data: dict[str, object], *, csrf: bool = True, **kwargs: object) -> TestResponse:
         if csrf:
@@ -58,7 +60,7 @@ class Panel:
 
 
 @pytest.fixture(scope="module")
-def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lockstep]:
     data_dir = tmp_path_factory.mktemp(f"admin-{backend}")
     with _database_url(backend, data_dir) as url:
         config = load_config(data_dir, environ={"LOCKSTEP_DATABASE_URL": url})
@@ -75,14 +77,14 @@ def _database_url(backend: str, data_dir: Path) -> contextlib.AbstractContextMan
 
 
 @pytest.fixture
-def panel(stack: object) -> Panel:
-    client = Panel(stack.wsgi)  # type: ignore[attr-defined]
+def panel(stack: Lockstep) -> Panel:
+    client = Panel(stack.wsgi)
     assert client.log_in().status_code == 303
     return client
 
 
-def _audit(stack: object, action: str) -> list[AuditEntry]:
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+def _audit(stack: Lockstep, action: str) -> list[AuditEntry]:
+    with stack.database.read() as session:
         return list(session.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)))
 
 
@@ -96,15 +98,15 @@ def _tech_form(**fields: str) -> dict[str, str]:
 
 # --- logging in ---------------------------------------------------------------------------
 
-def test_pages_need_a_login(stack: object) -> None:
-    anonymous = Panel(stack.wsgi)  # type: ignore[attr-defined]
+def test_pages_need_a_login(stack: Lockstep) -> None:
+    anonymous = Panel(stack.wsgi)
     response = anonymous.get("/admin/techs")
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/admin/login?next=/admin/techs")
 
 
-def test_login_sets_a_hardened_session_cookie_and_audits(stack: object) -> None:
-    client = Panel(stack.wsgi)  # type: ignore[attr-defined]
+def test_login_sets_a_hardened_session_cookie_and_audits(stack: Lockstep) -> None:
+    client = Panel(stack.wsgi)
     response = client.log_in()
     assert response.status_code == 303 and response.headers["Location"] == "/admin/"
     cookie = response.headers["Set-Cookie"]
@@ -115,8 +117,8 @@ def test_login_sets_a_hardened_session_cookie_and_audits(stack: object) -> None:
     assert any(e.actor == "boss" for e in _audit(stack, "login"))
 
 
-def test_cookie_is_secure_over_https(stack: object) -> None:
-    client = Panel(stack.wsgi, base_url="https://localhost")  # type: ignore[attr-defined]
+def test_cookie_is_secure_over_https(stack: Lockstep) -> None:
+    client = Panel(stack.wsgi, base_url="https://localhost")
     token = client.csrf_token()
     response = client.client.post("/admin/login", base_url="https://localhost",
                                   headers={"Referer": "https://localhost/admin/login"},
@@ -125,9 +127,9 @@ def test_cookie_is_secure_over_https(stack: object) -> None:
     assert "Secure" in response.headers["Set-Cookie"]
 
 
-def test_wrong_password_then_rate_limited_per_user_and_address(stack: object) -> None:
-    create_admin(stack.database, "eve-target", PASSWORD)  # type: ignore[attr-defined]
-    client = Panel(stack.wsgi, ip="203.0.113.7")  # type: ignore[attr-defined]
+def test_wrong_password_then_rate_limited_per_user_and_address(stack: Lockstep) -> None:
+    create_admin(stack.database, "eve-target", PASSWORD)
+    client = Panel(stack.wsgi, ip="203.0.113.7")
     for _ in range(5):
         wrong = client.log_in("eve-target", "not the password")
         assert wrong.status_code == 401
@@ -137,14 +139,14 @@ def test_wrong_password_then_rate_limited_per_user_and_address(stack: object) ->
     assert int(limited.headers["Retry-After"]) > 0
     assert "Too many failed logins" in limited.get_data(as_text=True)
     assert client.get("/admin/").status_code == 302  # not logged in
-    elsewhere = Panel(stack.wsgi, ip="198.51.100.9")  # type: ignore[attr-defined]
+    elsewhere = Panel(stack.wsgi, ip="198.51.100.9")
     assert elsewhere.log_in("eve-target", PASSWORD).status_code == 303
     assert len([e for e in _audit(stack, "login.failed") if e.target == "eve-target"]) == 5
     assert [e.target for e in _audit(stack, "login.refused")][-1:] == ["eve-target"]
 
 
-def test_unknown_user_gets_the_same_answer(stack: object) -> None:
-    response = Panel(stack.wsgi, ip="192.0.2.50").log_in("nobody", PASSWORD)  # type: ignore[attr-defined]
+def test_unknown_user_gets_the_same_answer(stack: Lockstep) -> None:
+    response = Panel(stack.wsgi, ip="192.0.2.50").log_in("nobody", PASSWORD)
     assert response.status_code == 401
     assert "Wrong user name or password" in response.get_data(as_text=True)
 
@@ -154,8 +156,8 @@ def test_logout_ends_the_session(panel: Panel) -> None:
     assert panel.get("/admin/").status_code == 302
 
 
-def test_next_parameter_cannot_leave_the_panel(stack: object) -> None:
-    client = Panel(stack.wsgi)  # type: ignore[attr-defined]
+def test_next_parameter_cannot_leave_the_panel(stack: Lockstep) -> None:
+    client = Panel(stack.wsgi)
     response = client.post("/admin/login", {"username": "boss", "password": PASSWORD,
                                             "next": "//evil.example/admin/"})
     assert response.headers["Location"] == "/admin/"
@@ -163,40 +165,41 @@ def test_next_parameter_cannot_leave_the_panel(stack: object) -> None:
 
 # --- CSRF ---------------------------------------------------------------------------------
 
-def test_post_without_csrf_token_is_refused_and_changes_nothing(stack: object, panel: Panel) -> None:
+def test_post_without_csrf_token_is_refused_and_changes_nothing(stack: Lockstep, panel: Panel) -> None:
     response = panel.post("/admin/techs/new", {**_tech_form(), "username": "nocsrf"}, csrf=False)
     assert response.status_code == 400
     assert "CSRF" in response.get_data(as_text=True)
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         assert session.scalar(select(Tech).where(Tech.username == "nocsrf")) is None
     forged = panel.client.post("/admin/tokens", data={"name": "forged", "scope": "bookings",
                                                       "csrf_token": "not-a-token"})
     assert forged.status_code == 400
 
 
-def test_csrf_is_scoped_to_the_panel(stack: object) -> None:
-    client = Client(stack.wsgi)  # type: ignore[attr-defined]
-    name, secret = "csrfapi", techs.create_token(stack.database, "csrfapi", "bookings").secret  # type: ignore[attr-defined]
-    techs.add_tech(stack.database, "apitech", name="Api Tech", email="apitech@example.com",  # type: ignore[attr-defined]
+def test_csrf_is_scoped_to_the_panel(stack: Lockstep) -> None:
+    client = Client(stack.wsgi)
+    name, secret = "csrfapi", techs.create_token(stack.database, "csrfapi", "bookings").secret
+    techs.add_tech(stack.database, "apitech", name="Api Tech", email="apitech@example.com",
                    tz="UTC")
     booked = client.post("/api/v1/bookings", headers={"Authorization": f"Bearer {name}.{secret}"},
                          json={"tech": "apitech", "start": "2030-01-07T10:00:00Z", "end": "2030-01-07T11:00:00Z",
                                "summary": "API booking"})
     assert booked.status_code == 201, booked.get_data(as_text=True)
-    hook = client.post("/hooks/google", headers={"X-Goog-Channel-ID": "unknown", "X-Goog-Resource-State": "exists"})
+    hook = client.post("/hooks/google",
+                       headers={"X-Goog-Channel-ID": "unknown", "X-Goog-Resource-State": "exists"})
     assert hook.status_code != 400 or "CSRF" not in hook.get_data(as_text=True)
 
 
 # --- techs ----------------------------------------------------------------------------------
 
-def test_create_tech_shows_the_password_once_and_audits(stack: object, panel: Panel) -> None:
+def test_create_tech_shows_the_password_once_and_audits(stack: Lockstep, panel: Panel) -> None:
     response = panel.post("/admin/techs/new", {**_tech_form(), "username": "ana"})
     body = response.get_data(as_text=True)
     assert response.status_code == 200, body
-    secret = re.search(r'id="new-password">([^<]+)<', body).group(1)  # type: ignore[union-attr]
+    secret = re.search(r'id="new-password">([^<]+)<', body).group(1)
     assert len(secret) >= 16
     assert response.headers["Cache-Control"] == "no-store"
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         tech = session.scalar(select(Tech).where(Tech.username == "ana"))
         settings = session.get(TechSettings, tech.id)
     assert tech.timezone == "Europe/Berlin"
@@ -207,15 +210,15 @@ def test_create_tech_shows_the_password_once_and_audits(stack: object, panel: Pa
     assert entry.actor == "boss" and secret not in entry.detail
 
 
-def test_bad_time_zone_is_refused_with_a_clear_message_and_nothing_saved(stack: object, panel: Panel) -> None:
-    techs.add_tech(stack.database, "bea", name="Bea", email="bea@example.com", tz="America/Chicago")  # type: ignore[attr-defined]
+def test_bad_time_zone_is_refused_with_a_clear_message_and_nothing_saved(stack: Lockstep, panel: Panel) -> None:
+    techs.add_tech(stack.database, "bea", name="Bea", email="bea@example.com", tz="America/Chicago")
     before = len(_audit(stack, "tech.update"))
     response = panel.post("/admin/techs/bea", _tech_form(name="Renamed", timezone="Mars/Olympus_Mons"))
     body = response.get_data(as_text=True)
     assert response.status_code == 400
     assert "&#39;Mars/Olympus_Mons&#39; is not an IANA time zone" in body
     assert 'value="Renamed"' in body  # what was typed is kept for correcting
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         tech = session.scalar(select(Tech).where(Tech.username == "bea"))
         assert (tech.name, tech.timezone, tech.working_hours) == ("Bea", "America/Chicago", "mon-fri 08:00-17:00")
     assert len(_audit(stack, "tech.update")) == before
@@ -228,24 +231,25 @@ def test_bad_time_zone_is_refused_with_a_clear_message_and_nothing_saved(stack: 
     ("buffer_after", "20000", "buffer after must be 0 to 10080 minutes"),
     ("email", "nope", "is not an e-mail address"),
 ])
-def test_tech_edit_validation(stack: object, panel: Panel, field: str, value: str, message: str) -> None:
-    if "cid" not in {t.username for t in techs.list_techs(stack.database)}:  # type: ignore[attr-defined]
-        techs.add_tech(stack.database, "cid", name="Cid", email="cid@example.com", tz="UTC")  # type: ignore[attr-defined]
+def test_tech_edit_validation(stack: Lockstep, panel: Panel, field: str, value: str, message: str) -> None:
+    if "cid" not in {t.username for t in techs.list_techs(stack.database)}:
+        techs.add_tech(stack.database, "cid", name="Cid", email="cid@example.com", tz="UTC")
     response = panel.post("/admin/techs/cid", _tech_form(**{field: value}))
     assert response.status_code == 400
     assert message in response.get_data(as_text=True)
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         tech = session.scalar(select(Tech).where(Tech.username == "cid"))
         assert (tech.name, tech.email, tech.working_hours) == ("Cid", "cid@example.com", "mon-fri 08:00-17:00")
 
 
-def test_edit_saves_and_audits_the_change(stack: object, panel: Panel) -> None:
-    techs.add_tech(stack.database, "dan", name="Dan", email="dan@example.com", tz="UTC")  # type: ignore[attr-defined]
-    response = panel.post("/admin/techs/dan", _tech_form(name="Dan", email="dan@example.com", timezone="Asia/Tokyo",
-                                                         tentative_blocks="on", allday="whole_day"))
+def test_edit_saves_and_audits_the_change(stack: Lockstep, panel: Panel) -> None:
+    techs.add_tech(stack.database, "dan", name="Dan", email="dan@example.com", tz="UTC")
+    form = _tech_form(name="Dan", email="dan@example.com", timezone="Asia/Tokyo", tentative_blocks="on",
+                      allday="whole_day")
+    response = panel.post("/admin/techs/dan", form)
     assert response.status_code == 303
     assert "Saved." in panel.get(response.headers["Location"]).get_data(as_text=True)
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         tech = session.scalar(select(Tech).where(Tech.username == "dan"))
         settings = session.get(TechSettings, tech.id)
     assert tech.timezone == "Asia/Tokyo" and settings.tentative_blocks and settings.allday == "whole_day"
@@ -253,21 +257,21 @@ def test_edit_saves_and_audits_the_change(stack: object, panel: Panel) -> None:
     assert "timezone: 'UTC' → 'Asia/Tokyo'" in entry.detail
 
 
-def test_remove_needs_the_name_typed(stack: object, panel: Panel) -> None:
-    techs.add_tech(stack.database, "eli", name="Eli", email="eli@example.com", tz="UTC")  # type: ignore[attr-defined]
+def test_remove_needs_the_name_typed(stack: Lockstep, panel: Panel) -> None:
+    techs.add_tech(stack.database, "eli", name="Eli", email="eli@example.com", tz="UTC")
     assert panel.post("/admin/techs/eli/remove", {"confirm": "wrong"}).status_code == 400
     assert panel.post("/admin/techs/eli/remove", {"confirm": "eli"}).status_code == 303
-    assert "eli" not in {t.username for t in techs.list_techs(stack.database)}  # type: ignore[attr-defined]
+    assert "eli" not in {t.username for t in techs.list_techs(stack.database)}
     assert [e.actor for e in _audit(stack, "tech.remove") if e.target == "eli"] == ["boss"]
 
 
-def test_password_reset_and_mobileconfig(stack: object, panel: Panel) -> None:
+def test_password_reset_and_mobileconfig(stack: Lockstep, panel: Panel) -> None:
     from server.credentials import CredentialVerifier
 
-    techs.add_tech(stack.database, "fay", name="Fay", email="fay@example.com", tz="UTC", password="old-pass-1")  # type: ignore[attr-defined]
+    techs.add_tech(stack.database, "fay", name="Fay", email="fay@example.com", tz="UTC", password="old-pass-1")
     body = panel.post("/admin/techs/fay/password", {}).get_data(as_text=True)
-    secret = re.search(r'id="new-password">([^<]+)<', body).group(1)  # type: ignore[union-attr]
-    verifier = CredentialVerifier(stack.database)  # type: ignore[attr-defined]
+    secret = re.search(r'id="new-password">([^<]+)<', body).group(1)
+    verifier = CredentialVerifier(stack.database)
     assert verifier.verify("fay", secret) is not None and verifier.verify("fay", "old-pass-1") is None
     profile = panel.get("/admin/techs/fay/lockstep.mobileconfig")
     assert profile.headers["Content-Type"] == "application/x-apple-aspen-config"
@@ -283,26 +287,26 @@ def test_password_reset_and_mobileconfig(stack: object, panel: Panel) -> None:
 
 # --- tokens, dashboard, conflicts ------------------------------------------------------------
 
-def test_token_created_once_listed_and_revoked(stack: object, panel: Panel) -> None:
+def test_token_created_once_listed_and_revoked(stack: Lockstep, panel: Panel) -> None:
     created = panel.post("/admin/tokens", {"name": "dispatch-app", "scope": "freebusy"}).get_data(as_text=True)
-    bearer = re.search(r"Authorization: Bearer ([^<\s]+)", created).group(1)  # type: ignore[union-attr]
-    api = Client(stack.wsgi)  # type: ignore[attr-defined]
+    bearer = re.search(r"Authorization: Bearer ([^<\s]+)", created).group(1)
+    api = Client(stack.wsgi)
     assert api.get("/api/v1/techs", headers={"Authorization": f"Bearer {bearer}"}).status_code == 200
     listing = panel.get("/admin/tokens").get_data(as_text=True)
     assert 'data-token="dispatch-app"' in listing and bearer.split(".", 1)[1] not in listing
     assert panel.post("/admin/tokens/dispatch-app/revoke", {}).status_code == 303
     assert api.get("/api/v1/techs", headers={"Authorization": f"Bearer {bearer}"}).status_code == 401
-    with stack.database.read() as session:  # type: ignore[attr-defined]
+    with stack.database.read() as session:
         assert session.scalar(select(ApiToken).where(ApiToken.name == "dispatch-app")) is None
     assert [e.action for e in _audit(stack, "token.create") + _audit(stack, "token.revoke")
             if e.target == "dispatch-app"] == ["token.create", "token.revoke"]
     assert panel.post("/admin/tokens", {"name": "Bad Name!", "scope": "freebusy"}).status_code == 400
 
 
-def test_dashboard_marks_troubled_connections(stack: object, panel: Panel) -> None:
-    techs.add_tech(stack.database, "gus", name="Gus", email="gus@example.com", tz="UTC")  # type: ignore[attr-defined]
-    techs.add_tech(stack.database, "hal", name="Hal", email="hal@example.com", tz="UTC")  # type: ignore[attr-defined]
-    with stack.database.write(["gus"]) as session:  # type: ignore[attr-defined]
+def test_dashboard_marks_troubled_connections(stack: Lockstep, panel: Panel) -> None:
+    techs.add_tech(stack.database, "gus", name="Gus", email="gus@example.com", tz="UTC")
+    techs.add_tech(stack.database, "hal", name="Hal", email="hal@example.com", tz="UTC")
+    with stack.database.write(["gus"]) as session:
         gus = session.scalar(select(Tech).where(Tech.username == "gus"))
         session.add(Connection(tech_id=gus.id, provider="google", state="degraded",
                                last_error="Google answered 503 (backendError)"))
@@ -314,9 +318,9 @@ def test_dashboard_marks_troubled_connections(stack: object, panel: Panel) -> No
     assert hal and hal.group(1) == "state-not_connected"
 
 
-def test_conflict_resolve_is_recorded(stack: object, panel: Panel) -> None:
-    techs.add_tech(stack.database, "ivy", name="Ivy", email="ivy@example.com", tz="UTC")  # type: ignore[attr-defined]
-    with stack.database.write(["ivy"]) as session:  # type: ignore[attr-defined]
+def test_conflict_resolve_is_recorded(stack: Lockstep, panel: Panel) -> None:
+    techs.add_tech(stack.database, "ivy", name="Ivy", email="ivy@example.com", tz="UTC")
+    with stack.database.write(["ivy"]) as session:
         conflict = Conflict(tech="ivy", booking_uid="gone-booking", other_ref="ivy/google-primary/gone.ics")
         session.add(conflict)
         session.flush()
@@ -340,12 +344,14 @@ def test_audit_page_lists_actions(panel: Panel) -> None:
 def test_admin_create_reads_the_password_from_stdin_never_argv(tmp_path: Path) -> None:
     env = {**os.environ, "LOCKSTEP_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     command = [sys.executable, "-m", "server.cli", "--data", str(tmp_path), "admin", "create"]
-    made = subprocess.run([*command, "root-admin"], input=PASSWORD + "\n", env=env, capture_output=True, text=True)
+    made = subprocess.run([*command, "root-admin"], input=PASSWORD + "\n", env=env,
+                          capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     assert "Created admin user root-admin" in made.stdout and PASSWORD not in made.stdout
     short = subprocess.run([*command, "other"], input="short\n", env=env, capture_output=True, text=True)
     assert short.returncode == 1 and "at least 10 characters" in short.stderr
-    again = subprocess.run([*command, "root-admin"], input=PASSWORD + "\n", env=env, capture_output=True, text=True)
+    again = subprocess.run([*command, "root-admin"], input=PASSWORD + "\n", env=env,
+                           capture_output=True, text=True)
     assert again.returncode == 1 and "already exists" in again.stderr
     argv = subprocess.run([*command, "x", "--password", PASSWORD], env=env, capture_output=True, text=True)
     assert argv.returncode == 2

@@ -52,7 +52,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
             query = query.where(Conflict.resolved_at.is_(None) if state == "open"
                                 else Conflict.resolved_at.is_not(None))
             zones = dict(session.execute(select(Tech.username, Tech.timezone)).all())
-            views = [_conflict_view(session, row, zones.get(row.tech, "UTC")) for row in session.scalars(query)]
+            views = [_conflict_view(session, row, zones.get(row.tech, "UTC"))
+                     for row in session.scalars(query)]
             open_count = session.scalar(select(func.count()).where(Conflict.resolved_at.is_(None)))
         return page("conflicts.html", conflicts=views, state=state, open_count=open_count)
 
@@ -113,7 +114,8 @@ def _upcoming(session: Session, tech: Tech, now: datetime) -> list[BookingView]:
     items = store.items_in_range(session, collection.id, "VEVENT", start, end)
     items = sorted(items, key=lambda i: i.range_start)[:MAX_BOOKINGS_PER_TECH]
     targets = session.execute(
-        select(Connection, RemoteCalendarRow).join(RemoteCalendarRow, RemoteCalendarRow.connection_id == Connection.id)
+        select(Connection, RemoteCalendarRow)
+        .join(RemoteCalendarRow, RemoteCalendarRow.connection_id == Connection.id)
         .where(Connection.tech_id == tech.id, RemoteCalendarRow.selected.is_(True))).all()
     # Where bookings of each connection go: the chosen calendar, else the primary one.
     booking_calendars = {}

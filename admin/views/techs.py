@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from flask import Blueprint, Response, abort, flash, redirect, request, url_for
 from sqlalchemy import select
 
 from admin import forms, mobileconfig
-from admin.panel import Panel, page
+from admin.panel import PageResponse, Panel, page
 from admin.web_session import login_required
 from server import techs as tech_service
 from server.models import Connection, Tech, TechSettings
@@ -21,7 +23,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
                 abort(404)
             return tech, session.get(TechSettings, tech.id)
 
-    def form_page(template: str, values: dict[str, str], status: int = 200, **extra: object):  # type: ignore[no-untyped-def]
+    def form_page(template: str, values: dict[str, str], status: int = 200, **extra: object) -> PageResponse:
         return page(template, status, values=values, zones=forms.time_zones(), days=forms.DAY_NAMES,
                     allday_labels=forms.ALLDAY_LABELS, **extra)
 
@@ -46,7 +48,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
                 panel.database, form.values["username"], name=form.values["name"], email=form.values["email"],
                 tz=form.values["timezone"], hours=form.hours, settings=form.settings)
         except AdminError as exc:
-            values = {**forms.form_values(None, None), **getattr(exc, "values", {}), **_posted(request.form)}
+            values = {**forms.form_values(None, None), **_posted(request.form)}
             return form_page("tech_form.html", values, 400, creating=True, error=str(exc))
         panel.audit("tech.create", credential.name, f"zone {form.values['timezone']}, hours {form.hours!r}")
         tech, _ = load(credential.name)
@@ -79,7 +81,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
             return page("error.html", 400, title="Not removed",
                         message=f"Type the user name {username!r} to confirm removing this tech.")
         with panel.database.read() as session:
-            providers = list(session.scalars(select(Connection.provider).where(Connection.tech_id == tech.id)))
+            providers = list(session.scalars(
+                select(Connection.provider).where(Connection.tech_id == tech.id)))
         for provider in providers:  # stop push channels first; removing the tech alone would orphan them
             panel.bridge.disconnect(username, provider)
         tech_service.remove_tech(panel.database, username)
@@ -112,7 +115,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
             "Cache-Control": "no-store"})
 
 
-def _iphone_page(panel: Panel, tech: Tech, *, new_password: str | None = None, created: bool = False):  # type: ignore[no-untyped-def]
+def _iphone_page(panel: Panel, tech: Tech, *, new_password: str | None = None,
+                 created: bool = False) -> PageResponse:
     profile_with_password = None
     if new_password:
         import base64
@@ -124,9 +128,8 @@ def _iphone_page(panel: Panel, tech: Tech, *, new_password: str | None = None, c
                 new_password=new_password, created=created, profile_with_password=profile_with_password)
 
 
-def _posted(form: object) -> dict[str, str]:
-    values = {k: str(v).strip() for k, v in form.items()  # type: ignore[attr-defined]
-              if k != "csrf_token"}
+def _posted(form: Mapping[str, str]) -> dict[str, str]:
+    values = {k: str(v).strip() for k, v in form.items() if k != "csrf_token"}
     values["tentative_blocks"] = "on" if values.get("tentative_blocks") else ""
     return values
 
