@@ -52,15 +52,18 @@ def create_hooks_blueprint(database: Database) -> Blueprint:
         still get 202, since an error makes Graph retry for hours what we will never accept."""
         token = request.args.get("validationToken")
         if token is not None:
-            return token, 200, {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}
+            return token, 200, {"Content-Type": "text/plain; charset=utf-8",
+                                "X-Content-Type-Options": "nosniff"}
         if (request.content_length or 0) > MICROSOFT_MAX_BODY:
-            return jsonify(error="too_large", message=f"notification bodies are limited to {MICROSOFT_MAX_BODY} bytes"), 400
+            return jsonify(error="too_large", message="notification bodies are limited to "
+                                                      f"{MICROSOFT_MAX_BODY} bytes"), 400
         try:
             items = json.loads(request.get_data(cache=False) or b"null")["value"]
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            return jsonify(error="bad_request", message="not a Microsoft Graph notification (JSON with value[])"), 400
+            return jsonify(error="bad_request",
+                           message="not a Microsoft Graph notification (JSON with value[])"), 400
         with database.write(["hooks"]) as session:
             for item in items:
                 _microsoft_item(session, item)
@@ -74,16 +77,17 @@ MICROSOFT_MAX_BODY = 512 * 1024
 
 def _microsoft_item(session: Any, item: dict[str, Any]) -> None:
     subscription = str(item.get("subscriptionId") or "")
-    row = session.scalar(select(RemoteCalendarRow).where(RemoteCalendarRow.watch_channel == subscription)) \
-        if subscription else None
+    row = session.scalar(select(RemoteCalendarRow).where(
+        RemoteCalendarRow.watch_channel == subscription)) if subscription else None
+    state = str(item.get("clientState") or "").encode()
     if row is None or not row.watch_token or \
-            not hmac.compare_digest(row.watch_token.encode(), str(item.get("clientState") or "").encode()):
+            not hmac.compare_digest(row.watch_token.encode(), state):
         log.warning("rejected Microsoft notification for unknown subscription or wrong clientState")
         return
     event = str(item.get("lifecycleEvent") or "")
     if event in ("reauthorizationRequired", "subscriptionRemoved"):
         _renew_now(session, row.id)
-    if event != "reauthorizationRequired":  # a change, a removed subscription or missed notifications
+    if event != "reauthorizationRequired":  # a change, a removed subscription, missed ones
         jobs.enqueue(session, JOB_SYNC, {"calendar": row.id}, dedupe_key=f"sync:{row.id}")
     if event:
         log.info("microsoft lifecycle %s for calendar %s", event, row.id)

@@ -23,6 +23,8 @@ from tests.support.microsoft_env import connect_microsoft, graph_env
 
 UTC = timezone.utc
 DAY = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}
+DAY2 = {"start": "2026-12-02T00:00:00Z", "end": "2026-12-03T00:00:00Z"}
+DAY3 = {"start": "2026-12-03T00:00:00Z", "end": "2026-12-04T00:00:00Z"}
 PACIFIC = "Pacific Standard Time"
 
 
@@ -47,6 +49,16 @@ def api(server: LockstepServer) -> Api:
 @pytest.fixture
 def connected(server: LockstepServer, graph: GraphSandbox) -> tuple[str, str, str]:
     """(user, app password, mailbox) of a tech connected to a fresh Outlook mailbox."""
+    return _connect(server, graph)
+
+
+@pytest.fixture(scope="module")
+def shared(server: LockstepServer, graph: GraphSandbox) -> tuple[str, str, str]:
+    """One connected tech for the tests that do not break the connection; each uses its own days."""
+    return _connect(server, graph)
+
+
+def _connect(server: LockstepServer, graph: GraphSandbox) -> tuple[str, str, str]:
     user, password = server.add_tech()
     email = connect_microsoft(server, graph, user, time_zone=PACIFIC)
     mirror = f"{server.dav_url}{user}/microsoft-primary/"
@@ -91,9 +103,17 @@ def _items(server: LockstepServer, user: str, password: str) -> list[str]:
     return [r.href for r in multistatus(listing.text) if r.href.endswith(".ics")]
 
 
+def _mirrored(server: LockstepServer, user: str, password: str, text: str) -> str:
+    """The href of the mirrored item whose iCalendar contains ``text``; "" when none does."""
+    for href in _items(server, user, password):
+        if text in requests.get(server.url + href, auth=(user, password)).text:
+            return href
+    return ""
+
+
 def test_booking_appears_in_outlook_and_is_kept_there(server: LockstepServer, api: Api, graph: GraphSandbox,
-                                                      connected: tuple[str, str, str]) -> None:
-    user, _, email = connected
+                                                      shared: tuple[str, str, str]) -> None:
+    user, _, email = shared
     booking = api.post("/bookings", {"tech": user, "start": "2026-12-01T17:00:00Z",
                                      "end": "2026-12-01T18:00:00Z", "summary": "Fix boiler"}).json()
     event = eventually(lambda: _ours(graph, email, booking["uid"]), what="booking in Outlook")
@@ -119,24 +139,27 @@ def test_booking_appears_in_outlook_and_is_kept_there(server: LockstepServer, ap
 
 
 def test_personal_event_blocks_and_shows_over_caldav(server: LockstepServer, api: Api, graph: GraphSandbox,
-                                                     connected: tuple[str, str, str]) -> None:
-    user, password, email = connected
+                                                     shared: tuple[str, str, str]) -> None:
+    user, password, email = shared
     created = graph.create_event(email, None, {
-        "subject": "Dentist", "start": {"dateTime": "2026-12-01T12:00:00", "timeZone": PACIFIC},
-        "end": {"dateTime": "2026-12-01T13:00:00", "timeZone": PACIFIC}})
+        "subject": "Dentist", "start": {"dateTime": "2026-12-02T12:00:00", "timeZone": PACIFIC},
+        "end": {"dateTime": "2026-12-02T13:00:00", "timeZone": PACIFIC}})
     graph.create_event(email, None, {  # free time never blocks
-        "subject": "Lunch (free)", "showAs": "free", "start": {"dateTime": "2026-12-01T14:00:00", "timeZone": PACIFIC},
-        "end": {"dateTime": "2026-12-01T15:00:00", "timeZone": PACIFIC}})
-    eventually(lambda: _busy(api, user) == [{"start": "2026-12-01T20:00:00Z", "end": "2026-12-01T21:00:00Z"}]
-               and len(_items(server, user, password)) == 2, what="personal event in free/busy and over CalDAV")
-    sync = api.get("/freebusy", tech=user, **DAY).json()["techs"][user]["sync"]
+        "subject": "Lunch (free)", "showAs": "free", "start": {"dateTime": "2026-12-02T14:00:00", "timeZone": PACIFIC},
+        "end": {"dateTime": "2026-12-02T15:00:00", "timeZone": PACIFIC}})
+    eventually(lambda: _busy(api, user, DAY2) == [{"start": "2026-12-02T20:00:00Z", "end": "2026-12-02T21:00:00Z"}]
+               and _mirrored(server, user, password, "SUMMARY:Dentist")
+               and _mirrored(server, user, password, "SUMMARY:Lunch (free)"),
+               what="personal event in free/busy and over CalDAV")
+    sync = api.get("/freebusy", tech=user, **DAY2).json()["techs"][user]["sync"]
     assert sync["state"] == "ok" and sync["last_success"].endswith("Z")
     graph.delete_event(email, created["id"])
-    eventually(lambda: _busy(api, user) == [], what="the deleted event to free the slot")
+    eventually(lambda: _busy(api, user, DAY2) == [] and not _mirrored(server, user, password, "SUMMARY:Dentist"),
+               what="the deleted event to free the slot and leave CalDAV")
 
 
-def test_windows_zone_series_across_dst(api: Api, graph: GraphSandbox, connected: tuple[str, str, str]) -> None:
-    user, _, email = connected
+def test_windows_zone_series_across_dst(api: Api, graph: GraphSandbox, shared: tuple[str, str, str]) -> None:
+    user, _, email = shared
     graph.create_event(email, None, {
         "subject": "Crew standup", "start": {"dateTime": "2027-03-02T09:00:00", "timeZone": PACIFIC},
         "end": {"dateTime": "2027-03-02T10:00:00", "timeZone": PACIFIC},
@@ -154,8 +177,8 @@ def test_windows_zone_series_across_dst(api: Api, graph: GraphSandbox, connected
 
 
 def test_series_exception_edited_on_each_side(server: LockstepServer, api: Api, graph: GraphSandbox,
-                                              connected: tuple[str, str, str]) -> None:
-    user, password, email = connected
+                                              shared: tuple[str, str, str]) -> None:
+    user, password, email = shared
     series = graph.create_event(email, None, {
         "subject": "Route planning", "start": {"dateTime": "2027-01-04T08:00:00", "timeZone": PACIFIC},
         "end": {"dateTime": "2027-01-04T09:00:00", "timeZone": PACIFIC},
@@ -172,7 +195,7 @@ def test_series_exception_edited_on_each_side(server: LockstepServer, api: Api, 
                     {"start": "2027-01-06T16:00:00Z", "end": "2027-01-06T17:00:00Z"}]
     eventually(lambda: _busy(api, user, window) == outlook_side, what="the Outlook exception in free/busy")
     # CalDAV side (an iPhone): the third occurrence moves to 13:00 in the mirrored series.
-    (href,) = _items(server, user, password)
+    href = _mirrored(server, user, password, "SUMMARY:Route planning")
     item = requests.get(server.url + href, auth=(user, password))
     assert "RECURRENCE-ID" in item.text, item.text
     import icalendar
@@ -203,8 +226,8 @@ def test_series_exception_edited_on_each_side(server: LockstepServer, api: Api, 
 
 
 def test_subscription_removed_recovers_by_itself(server: LockstepServer, api: Api, graph: GraphSandbox,
-                                                 connected: tuple[str, str, str]) -> None:
-    user, _, email = connected
+                                                 shared: tuple[str, str, str]) -> None:
+    user, _, email = shared
     old = _calendar_row(server, user).watch_channel
     graph.send_lifecycle(old, "subscriptionRemoved")
     new = eventually(lambda: (c := _calendar_row(server, user).watch_channel) != old and c, what="a new subscription")
@@ -212,16 +235,16 @@ def test_subscription_removed_recovers_by_itself(server: LockstepServer, api: Ap
     assert new in live and old not in live
     assert live[new]["notificationUrl"] == f"{server.url}/hooks/microsoft"
     graph.create_event(email, None, {"subject": "After recovery",
-                                     "start": {"dateTime": "2026-12-01T07:00:00", "timeZone": PACIFIC},
-                                     "end": {"dateTime": "2026-12-01T08:00:00", "timeZone": PACIFIC}})
-    eventually(lambda: _busy(api, user) == [{"start": "2026-12-01T15:00:00Z", "end": "2026-12-01T16:00:00Z"}],
+                                     "start": {"dateTime": "2026-12-03T07:00:00", "timeZone": PACIFIC},
+                                     "end": {"dateTime": "2026-12-03T08:00:00", "timeZone": PACIFIC}})
+    eventually(lambda: _busy(api, user, DAY3) == [{"start": "2026-12-03T15:00:00Z", "end": "2026-12-03T16:00:00Z"}],
                what="an Outlook change after the recovery")
     assert graph.wait_for_notifications(1, new, timeout=5)  # and push works on the new subscription
 
 
 def test_webhook_handshake_and_forged_notifications(server: LockstepServer, graph: GraphSandbox,
-                                                    connected: tuple[str, str, str]) -> None:
-    user = connected[0]
+                                                    shared: tuple[str, str, str]) -> None:
+    user = shared[0]
     hook = f"{server.url}/hooks/microsoft"
     shake = requests.post(hook, params={"validationToken": "Validation: Testing client application <x>"})
     assert shake.status_code == 200 and shake.headers["Content-Type"].startswith("text/plain")

@@ -18,7 +18,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
-from server.providers.base import ChangePage, Credentials, Provider, RemoteCalendar, RemoteEvent, Watch
+from server.providers.base import (
+    ChangePage, Credentials, Provider, RemoteCalendar, RemoteEvent, Watch,
+)
 from server.providers.microsoft_client import GraphApiError, GraphClient
 from server.providers.microsoft_sync import ChangeReader
 from server.providers.microsoft_write import EventWriter, transaction_id_for
@@ -59,9 +61,9 @@ class MicrosoftProvider(Provider):
                 writable = bool(entry.get("canEdit", True))
                 owner = str(((entry.get("owner") or {}).get("address")) or "").lower()
                 own = not owner or not me or owner == me
-                found.append(RemoteCalendar(remote_id=str(entry["id"]), name=str(entry.get("name") or entry["id"]),
-                                            primary=primary, busy=primary or (own and writable),
-                                            writable=writable))
+                found.append(RemoteCalendar(
+                    remote_id=str(entry["id"]), name=str(entry.get("name") or entry["id"]),
+                    primary=primary, busy=primary or (own and writable), writable=writable))
         return found
 
     # --- reading -----------------------------------------------------------------------
@@ -78,7 +80,8 @@ class MicrosoftProvider(Provider):
         EventWriter(self.client, calendar_id).delete(remote_id, etag)
 
     # --- push ----------------------------------------------------------------------------
-    def start_watch(self, calendar_id: str, address: str, token: str, ttl_seconds: int) -> Watch | None:
+    def start_watch(self, calendar_id: str, address: str, token: str,
+                    ttl_seconds: int) -> Watch | None:
         """A change-notification subscription on the calendar's events. Lifecycle events
         (reauthorizationRequired, subscriptionRemoved, missed) go to the same address. The
         engine renews at half-life by opening a new one and deleting the old."""
@@ -88,18 +91,21 @@ class MicrosoftProvider(Provider):
         answer = self.client.json("POST", "subscriptions", "subscriptions.create", body={
             "changeType": "created,updated,deleted", "notificationUrl": address,
             "lifecycleNotificationUrl": address, "resource": resource,
-            "expirationDateTime": expires.strftime("%Y-%m-%dT%H:%M:%S.0000000Z"), "clientState": token})
+            "expirationDateTime": expires.strftime("%Y-%m-%dT%H:%M:%S.0000000Z"),
+            "clientState": token})
         when = answer.get("expirationDateTime")
         expires_at = parse_moment(str(when)) if when else expires
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=timezone.utc)
-        return Watch(channel_id=str(answer["id"]), resource_id=str(answer.get("resource") or resource),
+        return Watch(channel_id=str(answer["id"]),
+                     resource_id=str(answer.get("resource") or resource),
                      expires_at=expires_at, token=token)
 
     def stop_watch(self, watch: Watch) -> None:
-        """Delete a subscription; one Graph no longer knows (expired, removed) is already stopped."""
+        """Delete a subscription; one Graph no longer knows (expired, removed) is stopped."""
         try:
-            self.client.call("DELETE", f"subscriptions/{quote(watch.channel_id, safe='')}", "subscriptions.delete")
+            self.client.call("DELETE", f"subscriptions/{quote(watch.channel_id, safe='')}",
+                             "subscriptions.delete")
         except GraphApiError as exc:
             if exc.status != 404:
                 raise

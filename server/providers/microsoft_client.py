@@ -30,7 +30,8 @@ from server.providers.oauth_microsoft import SCOPES, MicrosoftSettings, http_ses
 
 log = logging.getLogger(__name__)
 PREFER = 'outlook.timezone="UTC", outlook.body-content-type="text"'
-_GRANT_LOST = frozenset({"invalid_grant", "interaction_required", "consent_required", "login_required"})
+_GRANT_LOST = frozenset({"invalid_grant", "interaction_required", "consent_required",
+                         "login_required"})
 _CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
 
 
@@ -112,8 +113,8 @@ class GraphClient:
         them on their day); "UTC" when Graph will not say."""
         if self._mailbox_zone is None:
             try:
-                self._mailbox_zone = str(self.json("GET", "me/mailboxSettings", "mailboxSettings.get")
-                                         .get("timeZone") or "UTC")
+                settings = self.json("GET", "me/mailboxSettings", "mailboxSettings.get")
+                self._mailbox_zone = str(settings.get("timeZone") or "UTC")
             except GraphApiError:
                 self._mailbox_zone = "UTC"
         return self._mailbox_zone
@@ -133,7 +134,8 @@ class GraphClient:
             return self._token
         app = self._msal()
         everyone = app.get_accounts()
-        accounts = [a for a in everyone if a.get("home_account_id") == self._blob.get("home_account_id")] or everyone
+        ours = self._blob.get("home_account_id")
+        accounts = [a for a in everyone if a.get("home_account_id") == ours] or everyone
         if not accounts:
             raise AuthorizationLost("Microsoft credentials hold no account: reconnect Outlook")
         try:
@@ -144,15 +146,18 @@ class GraphClient:
         finally:
             self.sync_blob()
         if not result:
-            raise AuthorizationLost("Microsoft credentials hold no usable refresh token: reconnect Outlook")
+            raise AuthorizationLost("Microsoft credentials hold no usable refresh token: "
+                                    "reconnect Outlook")
         if "access_token" not in result:
             code = str(result.get("error") or "")
-            described = str(result.get("error_description") or "").split("\r\n")[0].split(" Trace ID:")[0]
+            described = str(result.get("error_description") or "")
+            described = described.split("\r\n")[0].split(" Trace ID:")[0]
             if code in _GRANT_LOST:
-                raise AuthorizationLost(f"Microsoft refused the refresh token ({code}): the tech must "
-                                        f"reconnect Outlook. {described}".strip())
-            raise ProviderError(f"Microsoft token refresh failed ({code or 'no error code'}) {described}".strip(),
-                                permanent=code in _CLIENT_ERRORS)
+                raise AuthorizationLost(f"Microsoft refused the refresh token ({code}): the tech "
+                                        f"must reconnect Outlook. {described}".strip())
+            raise ProviderError(
+                f"Microsoft token refresh failed ({code or 'no error code'}) {described}".strip(),
+                permanent=code in _CLIENT_ERRORS)
         self._token = str(result["access_token"])
         return self._token
 
@@ -204,8 +209,8 @@ class GraphClient:
         sent = {"Authorization": f"Bearer {token}", "Prefer": PREFER, "Accept": "application/json"}
         sent.update(headers or {})
         try:
-            return self.session.request(method, self.url(path), params=params, json=body, headers=sent,
-                                        timeout=self.settings.timeout)
+            return self.session.request(method, self.url(path), params=params, json=body,
+                                        headers=sent, timeout=self.settings.timeout)
         except requests.RequestException as exc:
             raise ProviderError(f"Microsoft {what}: network error ({type(exc).__name__})",
                                 permanent=False) from None

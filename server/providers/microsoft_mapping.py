@@ -19,7 +19,7 @@ X-MICROSOFT-CDO-BUSYSTATUS so that oof/workingElsewhere survive a round trip.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timezone, tzinfo
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import icalendar
@@ -73,7 +73,8 @@ def series_to_ical(master: GraphEvent, exceptions: Iterable[GraphEvent] = (),
     uid = uid or lockstep_uid_of(master) or master.get("iCalUId") or str(master["id"])
     zone = series_zone(master)
     all_day = bool(master.get("isAllDay"))
-    recurring = bool(master.get("recurrence")) and master.get("type", "seriesMaster") != "singleInstance"
+    recurring = bool(master.get("recurrence")) and \
+        master.get("type", "seriesMaster") != "singleInstance"
     main = _vevent(master, uid, zone, owner)
     if recurring:
         main.add("RRULE", to_rrule(master["recurrence"], zone, all_day))
@@ -84,8 +85,8 @@ def series_to_ical(master: GraphEvent, exceptions: Iterable[GraphEvent] = (),
     if recurring:
         for instance in sorted(exceptions, key=lambda e: str(e.get("originalStart", ""))):
             override = _vevent(instance, uid, series_zone(instance) if not all_day else zone, owner)
-            override.add("RECURRENCE-ID", _original(read_when({"dateTime": instance["originalStart"]}),
-                                                    zone, all_day))
+            original = read_when({"dateTime": instance["originalStart"]})
+            override.add("RECURRENCE-ID", _original(original, zone, all_day))
             calendar.add_component(override)
     calendar.add_missing_timezones()
     return calendar.to_ical().decode()
@@ -103,7 +104,8 @@ def _vevent(event: GraphEvent, uid: str, zone: tzinfo, owner: str | None) -> ica
     vevent.add("DTSTAMP", datetime.now(timezone.utc))
     if event.get("isAllDay"):
         vevent.add("DTSTART", read_day(event["start"], zone))
-        vevent.add("DTEND", read_day(event["end"], zone_named(event.get("originalEndTimeZone")) or zone))
+        end_zone = zone_named(event.get("originalEndTimeZone")) or zone
+        vevent.add("DTEND", read_day(event["end"], end_zone))
     else:
         vevent.add("DTSTART", read_when(event["start"]).astimezone(zone))
         end_zone = zone_named(event.get("originalEndTimeZone")) or zone
@@ -237,7 +239,7 @@ def _body(component: Any, all_day_zone: str) -> GraphEvent:
     elif "DURATION" in component:
         end = start + component["DURATION"].dt
     else:
-        end = start if isinstance(start, datetime) else start + (date(2000, 1, 2) - date(2000, 1, 1))
+        end = start if isinstance(start, datetime) else start + timedelta(days=1)
     all_day = not isinstance(start, datetime)
     body: GraphEvent = {
         "subject": str(component.get("SUMMARY", "")),

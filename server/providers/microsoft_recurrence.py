@@ -93,7 +93,8 @@ def from_rrule(rule: dict[str, Any], start: date | datetime, zone: tzinfo | None
             raise ValueError("a weekly rule with numbered weekdays")
         pattern["type"] = "weekly"
         pattern["daysOfWeek"] = [d for _, d in by_day] or [DAYS[local_day.weekday()]]
-        pattern["firstDayOfWeek"] = _FROM_ICAL.get(str(rule.get("WKST", ["MO"])[0]).upper(), "monday")
+        first = str(rule.get("WKST", ["MO"])[0]).upper()
+        pattern["firstDayOfWeek"] = _FROM_ICAL.get(first, "monday")
     elif freq in ("MONTHLY", "YEARLY"):
         yearly = freq == "YEARLY"
         if yearly:

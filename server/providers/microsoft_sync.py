@@ -84,7 +84,8 @@ class ChangeReader:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise CursorExpired("Microsoft sync cursor unreadable; listing everything") from None
         if datetime.now(UTC) - self.opened > CURSOR_MAX_AGE:
-            raise CursorExpired("Microsoft sync window is a week old; listing everything to move it")
+            raise CursorExpired("Microsoft sync window is a week old; listing everything again "
+                                "to move it")
         return delta_link
 
     # --- listing ------------------------------------------------------------------------------
@@ -100,7 +101,8 @@ class ChangeReader:
         url: str | None = first
         while url:
             try:
-                page = self.client.json("GET", url, "calendarView delta", params=params, headers=headers)
+                page = self.client.json("GET", url, "calendarView delta", params=params,
+                                        headers=headers)
             except GraphApiError as exc:
                 if exc.status == 410 or exc.code in _EXPIRED_CODES:
                     raise CursorExpired(str(exc)) from None
@@ -109,14 +111,16 @@ class ChangeReader:
             yield page
             url = page.get("@odata.nextLink")
             if not url and not page.get("@odata.deltaLink"):
-                raise ProviderError("Microsoft ended a delta round without a deltaLink", permanent=False)
+                raise ProviderError("Microsoft ended a delta round without a deltaLink",
+                                    permanent=False)
 
     def _full(self) -> Iterator[ChangePage]:
         self.series, self.opened = {}, datetime.now(UTC)
         low, high = window(self.opened)
         path = f"me/calendars/{quote(self.calendar_id, safe='')}/calendarView/delta"
         pending: dict[str, list[GraphEvent]] = {}
-        for page in self._delta(path, {"startDateTime": utc_text(low), "endDateTime": utc_text(high)}):
+        span = {"startDateTime": utc_text(low), "endDateTime": utc_text(high)}
+        for page in self._delta(path, span):
             events: list[RemoteEvent] = []
             for item in page.get("value", []):
                 if "@removed" in item:
@@ -181,8 +185,9 @@ class ChangeReader:
         if is_ours(item):
             item = self.get(str(item["id"])) or item
         uid = lockstep_uid_of(item)
-        return RemoteEvent(str(item["id"]), str(item.get("@odata.etag") or item.get("changeKey") or ""),
-                           series_to_ical(item, owner=self.client.username or None, uid=uid), uid)
+        etag = str(item.get("@odata.etag") or item.get("changeKey") or "")
+        text = series_to_ical(item, owner=self.client.username or None, uid=uid)
+        return RemoteEvent(str(item["id"]), etag, text, uid)
 
     def get(self, event_id: str) -> GraphEvent | None:
         """One event with our extended property; None when Graph no longer has it."""
@@ -197,9 +202,9 @@ class ChangeReader:
     def instances(self, master_id: str) -> list[GraphEvent]:
         low, high = window(self.opened)
         found: list[GraphEvent] = []
-        for page in self.client.pages(f"me/events/{quote(master_id, safe='')}/instances", "events.instances",
-                                      params={"startDateTime": utc_text(low), "endDateTime": utc_text(high),
-                                              "$top": 500}):
+        params = {"startDateTime": utc_text(low), "endDateTime": utc_text(high), "$top": 500}
+        path = f"me/events/{quote(master_id, safe='')}/instances"
+        for page in self.client.pages(path, "events.instances", params=params):
             found.extend(page.get("value", []))
         return found
 
@@ -213,26 +218,29 @@ class ChangeReader:
             self.series.pop(master_id, None)
             return self.single(master)
         if instances is None or any(not i.get("originalStart") for i in instances):
-            instances = self.instances(master_id)  # delta's copies lack what we need: ask the series
+            instances = self.instances(master_id)  # delta's copies lack original starts
         self.series[master_id] = {digest(str(i["id"])) for i in instances}
         exceptions = [i for i in instances if i.get("type") == "exception"]
         gone = cancelled_starts(master, instances, *window(self.opened))
         uid = lockstep_uid_of(master)
-        text = series_to_ical(master, exceptions, gone, owner=self.client.username or None, uid=uid)
-        return RemoteEvent(master_id, str(master.get("@odata.etag") or master.get("changeKey") or ""),
-                           text, uid)
+        text = series_to_ical(master, exceptions, gone, owner=self.client.username or None,
+                              uid=uid)
+        etag = str(master.get("@odata.etag") or master.get("changeKey") or "")
+        return RemoteEvent(master_id, etag, text, uid)
 
 
 def cancelled_starts(master: GraphEvent, instances: list[GraphEvent], low: datetime,
                      high: datetime) -> list[datetime]:
     """Original starts the pattern has inside the window that Graph lists no instance for:
     the occurrences someone deleted. A day of margin at each edge avoids false positives."""
-    present = {read_when({"dateTime": i["originalStart"]}) for i in instances if i.get("originalStart")}
+    present = {read_when({"dateTime": i["originalStart"]})
+               for i in instances if i.get("originalStart")}
     all_day = bool(master.get("isAllDay"))
     zone = series_zone(master)
     present_days = {p.astimezone(zone).date() for p in present}
     pattern_only = icalendar.Calendar.from_ical(series_to_ical(master))
-    expected = recurring_ical_events.of(pattern_only).between(low + timedelta(days=1), high - timedelta(days=1))
+    expected = recurring_ical_events.of(pattern_only).between(low + timedelta(days=1),
+                                                              high - timedelta(days=1))
     out: list[datetime] = []
     for occurrence in expected:
         start = occurrence["DTSTART"].dt

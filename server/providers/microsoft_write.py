@@ -27,7 +27,9 @@ from server.providers.microsoft_client import GraphApiError, GraphClient
 from server.providers.microsoft_mapping import (
     UID_PROPERTY, GraphEvent, Series, ical_to_series, occurrence_key, series_to_ical, series_zone,
 )
-from server.providers.microsoft_sync import EXPAND, TRANSACTION_PREFIX, ChangeReader, cancelled_starts, window
+from server.providers.microsoft_sync import (
+    EXPAND, TRANSACTION_PREFIX, ChangeReader, cancelled_starts, window,
+)
 from server.providers.microsoft_zones import read_when, write_when, zone_named
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,15 @@ class EventWriter:
         self.calendar_id = calendar_id
         self.reader = ChangeReader(client, calendar_id)
 
-    def put(self, lockstep_uid: str, ical: str, remote_id: str | None, etag: str | None) -> RemoteEvent:
+    def put(self, lockstep_uid: str, ical: str, remote_id: str | None,
+            etag: str | None) -> RemoteEvent:
         try:
             series = ical_to_series(ical)
             if series.master.get("isAllDay") and zone_named(self.client.mailbox_zone()) is not None:
                 series = ical_to_series(ical, all_day_zone=self.client.mailbox_zone())
         except (ValueError, KeyError) as exc:
-            raise ProviderError(f"cannot write this event to Outlook: {exc}", permanent=True) from None
+            raise ProviderError(f"cannot write this event to Outlook: {exc}",
+                                permanent=True) from None
         body = dict(series.master)
         body["singleValueExtendedProperties"] = [{"id": UID_PROPERTY, "value": lockstep_uid}]
         if not series.recurring:
@@ -84,8 +88,9 @@ class EventWriter:
             body = {k: v for k, v in body.items() if k != "recurrence"}
         for generation in range(5):
             try:
+                transaction = transaction_id_for(lockstep_uid, generation)
                 answer = self.client.json("POST", path, "events.create",
-                                          body={**body, "transactionId": transaction_id_for(lockstep_uid, generation)})
+                                          body={**body, "transactionId": transaction})
             except GraphApiError as exc:
                 if exc.code != "ErrorDuplicateTransactionId":
                     raise
@@ -94,21 +99,25 @@ class EventWriter:
                     return self.patch(str(existing["id"]), body, None)
                 continue  # that transaction's event was deleted: the next derived id
             return answer
-        raise ProviderError("Outlook refused every derived transactionId for this event", permanent=False)
+        raise ProviderError("Outlook refused every derived transactionId for this event",
+                            permanent=False)
 
     def find(self, lockstep_uid: str) -> GraphEvent | None:
         """Our event on this calendar, by the uid in its extended property."""
         value = lockstep_uid.replace("'", "''")
-        flt = f"singleValueExtendedProperties/any(ep: ep/id eq '{UID_PROPERTY}' and ep/value eq '{value}')"
+        flt = (f"singleValueExtendedProperties/any(ep: ep/id eq '{UID_PROPERTY}' "
+               f"and ep/value eq '{value}')")
         path = f"me/calendars/{quote(self.calendar_id, safe='')}/events"
-        for page in self.client.pages(path, "events.list (by uid)", params={"$filter": flt, "$expand": EXPAND}):
+        params = {"$filter": flt, "$expand": EXPAND}
+        for page in self.client.pages(path, "events.list (by uid)", params=params):
             for item in page.get("value", []):
                 return dict(item)
         return None
 
     def patch(self, event_id: str, body: GraphEvent, etag: str | None) -> GraphEvent:
         headers = {"If-Match": etag} if etag else None
-        return self.client.json("PATCH", _path(event_id), "events.update", body=body, headers=headers)
+        return self.client.json("PATCH", _path(event_id), "events.update", body=body,
+                                headers=headers)
 
     def delete(self, event_id: str, etag: str | None) -> None:
         headers = {"If-Match": etag} if etag else None
@@ -126,7 +135,8 @@ class EventWriter:
         for instance in self.reader.instances(str(master["id"])):
             if instance.get("originalStart"):
                 original = read_when({"dateTime": instance["originalStart"]})
-                out[occurrence_key(original.astimezone(zone).date() if all_day else original, zone)] = instance
+                key = original.astimezone(zone).date() if all_day else original
+                out[occurrence_key(key, zone)] = instance
         return out
 
     def _apply_overrides(self, master: GraphEvent, series: Series) -> None:
@@ -134,10 +144,12 @@ class EventWriter:
         all_day = bool(master.get("isAllDay"))
         existing = self._instances(master)
         gone = cancelled_starts(master, list(existing.values()), *window())
-        gone_keys = {occurrence_key(g.astimezone(zone).date() if all_day else g, zone) for g in gone}
+        gone_keys = {occurrence_key(g.astimezone(zone).date() if all_day else g, zone)
+                     for g in gone}
         to_restore = [k for k in gone_keys if series.overrides.get(k, {}) is not None]
         if to_restore:
-            log.info("outlook series %s: %d deleted occurrence(s) restored", master["id"], len(to_restore))
+            log.info("outlook series %s: %d deleted occurrence(s) restored", master["id"],
+                     len(to_restore))
             self._rebuild(master)
             existing = self._instances(master)
         for key, override in series.overrides.items():
@@ -150,7 +162,8 @@ class EventWriter:
                 self.patch(str(instance["id"]), override, None)
         for key, instance in existing.items():  # exceptions made in Outlook that we do not have
             if instance.get("type") == "exception" and key not in series.overrides:
-                self.patch(str(instance["id"]), _series_default(instance, master, series.master), None)
+                default = _series_default(instance, master, series.master)
+                self.patch(str(instance["id"]), default, None)
 
     def _rebuild(self, master: GraphEvent) -> None:
         """Change the pattern and set it back: Exchange regenerates the series' occurrences."""
@@ -158,7 +171,8 @@ class EventWriter:
         span = dict(recurrence["range"])
         other = 2 if span.get("type") == "numbered" and span.get("numberOfOccurrences") == 1 else 1
         span.update(type="numbered", numberOfOccurrences=other)
-        self.patch(str(master["id"]), {"recurrence": {"pattern": recurrence["pattern"], "range": span}}, None)
+        other = {"pattern": recurrence["pattern"], "range": span}
+        self.patch(str(master["id"]), {"recurrence": other}, None)
         self.patch(str(master["id"]), {"recurrence": recurrence}, None)
 
 
@@ -167,7 +181,10 @@ def _differs(instance: GraphEvent, wanted: GraphEvent) -> bool:
         return True
     if "showAs" in wanted and instance.get("showAs") != wanted["showAs"]:
         return True
-    if (instance.get("location") or {}).get("displayName", "") != (wanted.get("location") or {}).get("displayName", ""):
+    def place(event: GraphEvent) -> str:
+        return str((event.get("location") or {}).get("displayName") or "")
+
+    if place(instance) != place(wanted):
         return True
     return any(read_when(instance[k]) != read_when(wanted[k]) for k in ("start", "end"))
 
@@ -178,12 +195,14 @@ def _series_default(instance: GraphEvent, master: GraphEvent, body: GraphEvent) 
     start = read_when({"dateTime": instance["originalStart"]}).astimezone(zone)
     out: dict[str, Any] = {k: body[k] for k in _OWNED if k in body}
     if master.get("isAllDay"):
-        days = date.fromisoformat(body["end"]["dateTime"][:10]) - date.fromisoformat(body["start"]["dateTime"][:10])
+        days = date.fromisoformat(body["end"]["dateTime"][:10]) - \
+            date.fromisoformat(body["start"]["dateTime"][:10])
         zone_name = body["start"].get("timeZone", "UTC")
         out["start"] = write_when(start.date(), zone_name)
         out["end"] = write_when(start.date() + days, zone_name)
         return out
-    first, last = read_when(master["start"]).astimezone(zone), read_when(master["end"]).astimezone(zone)
+    first = read_when(master["start"]).astimezone(zone)
+    last = read_when(master["end"]).astimezone(zone)
     wall = last.replace(tzinfo=None) - first.replace(tzinfo=None)
     end = (start.replace(tzinfo=None) + wall).replace(tzinfo=zone)
     out["start"], out["end"] = write_when(start), write_when(end)

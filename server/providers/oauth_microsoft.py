@@ -40,7 +40,8 @@ class MicrosoftSettings:
     timeout: float = 60.0
 
     def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
-        return f"MicrosoftSettings(client_id={self.client_id!r}, authority={self.effective_authority!r})"
+        return (f"MicrosoftSettings(client_id={self.client_id!r}, "
+                f"authority={self.effective_authority!r})")
 
     @property
     def effective_authority(self) -> str:
@@ -72,7 +73,8 @@ def msal_app(settings: MicrosoftSettings, cache: msal.SerializableTokenCache | N
     return msal.ConfidentialClientApplication(
         settings.client_id, client_credential=settings.client_secret or None,
         authority=settings.effective_authority, token_cache=cache,
-        http_client=session or http_session(settings), timeout=settings.timeout, http_cache=_HTTP_CACHE,
+        http_client=session or http_session(settings), timeout=settings.timeout,
+        http_cache=_HTTP_CACHE,
         instance_discovery=False if custom else None, validate_authority=not custom)
 
 
@@ -87,7 +89,8 @@ def consent_url(settings: MicrosoftSettings, redirect_uri: str, state: str,
         SCOPES, redirect_uri=redirect_uri, state=state, login_hint=login_hint or None,
         prompt="select_account", response_mode="form_post")  # the code never sits in a URL
     if "auth_uri" not in flow:
-        raise ConsentError(f"Microsoft sign-in could not start: {flow.get('error_description') or flow}")
+        reason = flow.get("error_description") or flow
+        raise ConsentError(f"Microsoft sign-in could not start: {reason}")
     return str(flow["auth_uri"]), json.dumps(flow)
 
 
@@ -104,8 +107,9 @@ def exchange(settings: MicrosoftSettings, redirect_uri: str, callback_url: str, 
     app = msal_app(settings, cache)
     try:
         result = app.acquire_token_by_auth_code_flow(flow, params)
-    except (ValueError, RuntimeError) as exc:  # forged state (ValueError), nonce mismatch (RuntimeError)
-        raise ConsentError(f"the sign-in answer was refused ({type(exc).__name__}: {exc})") from None
+    except (ValueError, RuntimeError) as exc:  # forged state / nonce mismatch
+        raise ConsentError(f"the sign-in answer was refused ({type(exc).__name__}: {exc})") \
+            from None
     if "error" in result:
         described = str(result.get("error_description") or "").split(" Trace ID:")[0]
         raise ConsentError(f"{result['error']}: {described}".rstrip(": "))
@@ -115,10 +119,13 @@ def exchange(settings: MicrosoftSettings, redirect_uri: str, callback_url: str, 
     if not any(True for _ in cache.search(msal.TokenCache.CredentialType.REFRESH_TOKEN)):
         raise ConsentError("Microsoft returned no refresh token (offline_access refused?)")
     claims = result.get("id_token_claims") or {}
-    return make_blob(cache, accounts[0], str(claims.get("preferred_username") or claims.get("email") or ""))
+    username = str(claims.get("preferred_username") or claims.get("email") or "")
+    return make_blob(cache, accounts[0], username)
 
 
-def make_blob(cache: msal.SerializableTokenCache, account: dict[str, Any], username: str = "") -> str:
-    return json.dumps({"msal_cache": cache.serialize(), "home_account_id": account.get("home_account_id"),
+def make_blob(cache: msal.SerializableTokenCache, account: dict[str, Any],
+              username: str = "") -> str:
+    return json.dumps({"msal_cache": cache.serialize(),
+                       "home_account_id": account.get("home_account_id"),
                        "username": username or account.get("username") or ""})
 

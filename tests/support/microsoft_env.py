@@ -28,15 +28,16 @@ def graph_env(graph: GraphSandbox, **extra: str) -> dict[str, str]:
 
 
 def graph_settings(graph: GraphSandbox, **extra: Any) -> MicrosoftSettings:
-    return MicrosoftSettings(client_id=graph.DEFAULT_CLIENT_ID, client_secret=graph.DEFAULT_CLIENT_SECRET,
-                             authority=graph.authority, graph_url=graph.graph_url, ca_bundle=graph.ca_bundle,
-                             **extra)
+    return MicrosoftSettings(client_id=graph.DEFAULT_CLIENT_ID,
+                             client_secret=graph.DEFAULT_CLIENT_SECRET, authority=graph.authority,
+                             graph_url=graph.graph_url, ca_bundle=graph.ca_bundle, **extra)
 
 
 def approve(graph: GraphSandbox, consent: str) -> tuple[str, dict[str, str]]:
     """The emulator's consent page, approved: (the redirect URI, the answer's parameters),
     read from the self-submitting form of response_mode=form_post as a browser would."""
-    answer = requests.get(consent + "&sandbox_consent=approve", allow_redirects=False, verify=graph.ca_bundle)
+    answer = requests.get(consent + "&sandbox_consent=approve", allow_redirects=False,
+                          verify=graph.ca_bundle)
     assert answer.status_code == 200, answer.text
     action = re.search(r"<form method='POST' name='hiddenform' action='([^']+)'", answer.text)
     assert action is not None, answer.text
@@ -52,7 +53,8 @@ def sign_in(graph: GraphSandbox, settings: MicrosoftSettings, email: str) -> str
     return exchange(settings, redirect_uri, f"{back}?{urlencode(params)}", state, flow)
 
 
-def connect_microsoft(server: LockstepServer, graph: GraphSandbox, user: str, time_zone: str = "UTC") -> str:
+def connect_microsoft(server: LockstepServer, graph: GraphSandbox, user: str,
+                      time_zone: str = "UTC") -> str:
     """``lockstep connect microsoft USER`` → the link → consent (approved) → callback.
     Returns the mailbox address."""
     email = f"{user}@example.com"
