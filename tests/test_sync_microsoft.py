@@ -270,9 +270,9 @@ def test_webhook_handshake_and_forged_notifications(server: LockstepServer, grap
                what="a new subscription after reauthorizationRequired")
 
 
-def test_revoked_grant_needs_reauth_and_keeps_the_booking(server: LockstepServer, api: Api, graph: GraphSandbox,
+def test_revoked_grant_needs_reauth_keeps_the_booking_then_disconnect(server: LockstepServer, api: Api, graph: GraphSandbox,
                                                           connected: tuple[str, str, str]) -> None:
-    user, _, email = connected
+    user, password, email = connected
     graph.revoke_refresh_tokens(email)
     server.cli("sync", "now", user)
     eventually(lambda: _state(server, user) == "needs_reauth", what="needs_reauth")
@@ -291,3 +291,9 @@ def test_revoked_grant_needs_reauth_and_keeps_the_booking(server: LockstepServer
         messages = session.scalars(select(Notification.message).where(
             Notification.tech == user, Notification.kind == "sync_recovered")).all()
     assert any(uid in message for message in messages), messages
+    # Disconnecting deletes the subscriptions and the mirror calendar; the booking stays ours.
+    eventually(lambda: [s for s in graph.subscriptions() if s["user"] == email], what="a subscription")
+    assert "Disconnected microsoft" in server.cli("disconnect", "microsoft", user).stdout
+    assert not [s for s in graph.subscriptions() if s["user"] == email]
+    assert requests.request("PROPFIND", f"{server.dav_url}{user}/microsoft-primary/", auth=(user, password),
+                            headers={"Depth": "0"}).status_code == 404
