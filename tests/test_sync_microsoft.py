@@ -270,8 +270,8 @@ def test_webhook_handshake_and_forged_notifications(server: LockstepServer, grap
                what="a new subscription after reauthorizationRequired")
 
 
-def test_revoked_grant_needs_reauth_keeps_the_booking_then_disconnect(server: LockstepServer, api: Api, graph: GraphSandbox,
-                                                          connected: tuple[str, str, str]) -> None:
+def test_revoked_grant_needs_reauth_keeps_the_booking_then_disconnect(
+        server: LockstepServer, api: Api, graph: GraphSandbox, connected: tuple[str, str, str]) -> None:
     user, password, email = connected
     graph.revoke_refresh_tokens(email)
     server.cli("sync", "now", user)
