@@ -63,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         outcomes.append({"provider": provider, "backend": backend, "seed": seed, "ok": True,
                                          "steps": result.steps, "seconds": round(result.seconds, 2),
-                                         "quiesce_seconds": round(result.quiesce_seconds, 2)})
+                                         "quiesce_seconds": round(result.quiesce_seconds, 2),
+                                         "bookings": result.bookings, "items": result.items,
+                                         "conflicts": result.conflicts, "faults": list(result.faults)})
                         print(f"[{done}] {provider}/{backend} seed {seed} ok: {result.steps} steps, "
-                              f"{result.seconds:.1f}s (quiescence {result.quiesce_seconds:.1f}s)", flush=True)
+                              f"{result.seconds:.1f}s (quiescence {result.quiesce_seconds:.1f}s), "
+                              f"{result.bookings} booking(s), {result.items} item(s), "
+                              f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}",
+                              flush=True)
     return _finish(outcomes, failed, began, args.json)
 
 

@@ -85,6 +85,31 @@ def test_calendar_app_edits_made_while_access_was_revoked_reach_the_provider(sql
     assert google.get_event(tech.email, lunch)["summary"] == "Lunch"
 
 
+def test_booking_cancelled_while_access_was_revoked_is_removed_after_reconnect(sqlite_world: World) -> None:
+    """Regression (found by seed 6 on PostgreSQL): the cancellation's push died with the grant and
+    reconnecting re-sent only the live bookings, so the cancelled one stayed in the tech's calendar."""
+    world = sqlite_world
+    tech = world.add_tech()
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-03T18:00:00Z",
+                                          "end": "2027-02-03T19:00:00Z", "summary": "Boiler"})
+    assert booked.status_code == 201, booked.text
+    uid = booked.json()["uid"]
+    eventually(lambda: any(e.lockstep_uid == uid for e in world.account.events(tech.user)), what="booking remotely")
+    world.account.revoke(tech.user)
+    assert world.api.delete(f"/bookings/{uid}").status_code == 204
+
+    def push_dead() -> bool:
+        with world.server.database.read() as session:
+            errors = session.scalars(select(Job.last_error).where(
+                Job.kind == "push_item", Job.state == "dead", Job.payload.contains(uid))).all()
+        return any("reconnect" in error for error in errors)
+
+    eventually(push_dead, timeout=30, what="the cancellation's push to fail for want of access")
+    world.account.reconnect(world.server, tech.user)
+    eventually(lambda: not any(e.lockstep_uid == uid for e in world.account.events(tech.user)), timeout=30,
+               what="the cancelled booking gone from the provider after reconnecting")
+
+
 def test_emulator_drops_duplicates_and_reorders_push_notifications() -> None:
     received: list[str] = []
 

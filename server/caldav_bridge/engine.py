@@ -98,11 +98,14 @@ class Bridge:
                     jobs.enqueue(session, JOB_SYNC, {"calendar": record.id}, dedupe_key=f"sync:{record.id}")
                     jobs.enqueue(session, JOB_WATCH, {"calendar": record.id}, dedupe_key=f"watch:{record.id}")
                     self._queue_unsent_edits(session, record)
-            # Bookings made before the connection go out now.
+            # Bookings made before the connection go out now; so do cancellations whose push gave up.
             bookings = store.get_collection(session, f"{tech}/{BOOKINGS_CALENDAR}")
-            for href in store.all_hrefs(session, bookings.id) if bookings else []:
-                jobs.enqueue(session, JOB_PUSH, {"path": bookings.path, "href": href},
-                             dedupe_key=f"push:{bookings.path}/{href}")
+            hrefs = store.all_hrefs(session, bookings.id) if bookings else []
+            gone = set(session.scalars(select(EventLink.local_href).where(
+                EventLink.local_path == f"{tech}/{BOOKINGS_CALENDAR}"))) - set(hrefs)
+            for href in [*hrefs, *sorted(gone)]:
+                jobs.enqueue(session, JOB_PUSH, {"path": f"{tech}/{BOOKINGS_CALENDAR}", "href": href},
+                             dedupe_key=f"push:{tech}/{BOOKINGS_CALENDAR}/{href}")
         self._save_credentials(connection.id, provider, tech)
         log.info("import %s/%s: %d calendar(s) found", tech, connection.provider, len(calendars))
 

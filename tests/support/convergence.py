@@ -49,6 +49,10 @@ class Result:
     steps: int
     seconds: float
     quiesce_seconds: float
+    bookings: int = 0  # live at the end: what the checks had to find on every side
+    items: int = 0
+    conflicts: int = 0
+    faults: tuple[str, ...] = ()
 
 
 def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
@@ -77,7 +81,8 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
         problems = [f"{check.__name__}: {p}" for check in INVARIANTS for p in check(seen, model)]
         if problems:
             raise ScenarioFailed(seed, "invariants broken:\n  " + "\n  ".join(problems), model.log)
-        return Result(seed, count, time.monotonic() - began, time.monotonic() - settled)
+        return Result(seed, count, time.monotonic() - began, time.monotonic() - settled, len(model.bookings),
+                      len(seen.items), len(seen.conflicts), tuple(sorted(model.faults_used)))
     except ScenarioFailed:
         raise
     except Exception as exc:
