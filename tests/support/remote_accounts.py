@@ -11,9 +11,11 @@ provider's own test module.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from server.sandbox.google import GoogleSandbox
@@ -65,7 +67,7 @@ class RemoteAccount(Protocol):
         """Withdraw Lockstep's access as the tech would (revoke the grant, change the password)."""
 
 
-PROVIDERS = ("google",)
+PROVIDERS = ("google", "caldav")
 
 
 @contextlib.contextmanager
@@ -74,6 +76,12 @@ def open_account(provider: str) -> Iterator[RemoteAccount]:
     if provider == "google":
         with GoogleSandbox() as sandbox:
             yield GoogleAccount(sandbox)
+    elif provider == "caldav":
+        from tests.support.caldav_env import CalDAVRemoteAccount, radicale_server
+
+        with tempfile.TemporaryDirectory(prefix="lockstep-remote-caldav-") as tmp, \
+                radicale_server(Path(tmp)) as remote:
+            yield CalDAVRemoteAccount(remote)
     else:
         raise LookupError(f"no remote account kind {provider!r}; known: {', '.join(PROVIDERS)}")
 
