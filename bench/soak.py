@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[dict[str, object]] = []
     failed: list[str] = []
     began = time.monotonic()
+    try:
+        _run(args, first, outcomes, failed)
+    except KeyboardInterrupt:
+        print("\nsoak: interrupted; summary of the scenarios that finished", flush=True)
+    return _finish(outcomes, failed, began, args.json)
+
+
+def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]], failed: list[str]) -> None:
     for provider in [p.strip() for p in args.providers.split(",") if p.strip()]:
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             seeds = list(range(first, first + args.scenarios))
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "ok": False, "error": str(failure)})
                             print(f"[{done}] {provider}/{backend} seed {seed} FAILED\n{failure}\n", flush=True)
                             if args.stop_on_failure:
-                                return _finish(outcomes, failed, began, args.json)
+                                return
                             continue
                         outcomes.append({"provider": provider, "backend": backend, "seed": seed, "ok": True,
                                          "steps": result.steps, "seconds": round(result.seconds, 2),
@@ -71,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
                               f"{result.bookings} booking(s), {result.items} item(s), "
                               f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}",
                               flush=True)
-    return _finish(outcomes, failed, began, args.json)
 
 
 def _finish(outcomes: list[dict[str, object]], failed: list[str], began: float, out: Path | None) -> int:

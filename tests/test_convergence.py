@@ -13,7 +13,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,8 +24,9 @@ from sqlalchemy import select
 from server.models import Job
 from server.sandbox.google import GoogleSandbox
 from tests.support.convergence import run_scenario
-from tests.support.convergence_ops import local
-from tests.support.convergence_world import World, open_world
+from tests.support.convergence_invariants import INVARIANTS, Item, Observed
+from tests.support.convergence_ops import Booking, Model, local
+from tests.support.convergence_world import WINDOW_START, World, open_world
 from tests.support.dav import event_ics
 from tests.support.google_env import eventually
 from tests.support.lockstep_server import PG_ENV
@@ -108,6 +112,48 @@ def test_booking_cancelled_while_access_was_revoked_is_removed_after_reconnect(s
     world.account.reconnect(world.server, tech.user)
     eventually(lambda: not any(e.lockstep_uid == uid for e in world.account.events(tech.user)), timeout=30,
                what="the cancelled booking gone from the provider after reconnecting")
+
+
+def _observed(**changes: Any) -> tuple[Observed, Model]:
+    """Two sides that agree: booking b1 overlapped by the personal event p1 (one conflict)."""
+    booking = event_ics("b1", "Job", "20270202T180000Z", "20270202T190000Z")
+    gym = event_ics("p1", "Gym", "20270202T183000Z", "20270202T193000Z")
+    remote = [{"id": "lockstepb1", "summary": "Job", "extendedProperties": {"private": {"lockstepUid": "b1"}},
+               "start": {"dateTime": "2027-02-02T18:00:00Z"}, "end": {"dateTime": "2027-02-02T19:00:00Z"}},
+              {"id": "g1", "iCalUID": "p1", "summary": "Gym",
+               "start": {"dateTime": "2027-02-02T18:30:00Z"}, "end": {"dateTime": "2027-02-02T19:30:00Z"}}]
+    at = datetime(2027, 2, 2, 18, tzinfo=timezone.utc)
+    seen = Observed(tech="mike", email="mike@example.com", window=(WINDOW_START, WINDOW_START + timedelta(days=35)),
+                    items=[Item("mike/bookings", "b1.ics", "b1", '"1"', booking),
+                           Item("mike/google-primary", "r1.ics", "p1", '"2"', gym)],
+                    remote=remote, remote_instances=remote, api_busy=[(at, at + timedelta(minutes=90))],
+                    conflicts=[("b1", "mike/google-primary/r1.ics")], jobs=[], mirror_slug="google-primary")
+    model = Model(bookings={"b1": Booking("b1", at, at + timedelta(hours=1), "Job")}, ever_booked={"b1"})
+    for name, value in changes.items():
+        setattr(seen, name, value)
+    return seen, model
+
+
+def _broken(seen: Observed, model: Model) -> list[str]:
+    return [f"{check.__name__}: {problem}" for check in INVARIANTS for problem in check(seen, model)]
+
+
+def test_invariants_hold_for_agreeing_sides_and_name_each_difference() -> None:
+    seen, model = _observed()
+    assert _broken(seen, model) == []
+    seen, model = _observed()
+    assert any("booking b1 is 0 time(s) in the provider" in p for p in _broken(
+        *_observed(remote=seen.remote[1:], remote_instances=seen.remote[1:])))
+    assert any(p.startswith("busy_time_equal: API busy") for p in _broken(*_observed(api_busy=[])))
+    assert any("no conflict is recorded" in p for p in _broken(*_observed(conflicts=[])))
+    assert any("recorded 2 times" in p for p in _broken(*_observed(conflicts=seen.conflicts * 2)))
+    assert any("UID p1 stored 2 times" in p for p in _broken(*_observed(items=[*seen.items, replace(
+        seen.items[1], calendar="mike/bookings", href="p1.ics")])))
+    renamed = [seen.remote[0], {**seen.remote[1], "summary": "Gym (late)"}]
+    assert any("provider says 'Gym (late)'" in p for p in _broken(*_observed(remote=renamed)))
+    stuck = [{"id": 9, "kind": "push_item", "state": "ready", "attempts": 3, "last_error": "503",
+              "future_watch": False}]
+    assert any("job 9 push_item still ready" in p for p in _broken(*_observed(jobs=stuck)))
 
 
 def test_emulator_drops_duplicates_and_reorders_push_notifications() -> None:

@@ -24,7 +24,7 @@ from server.models import Conflict, Job
 from server.sandbox.google_events import Params
 from tests.support.convergence_faults import clear, faults_for
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
-from tests.support.convergence_ops import OPERATIONS, Ctx, Model, mirror_items
+from tests.support.convergence_ops import OPERATIONS, Ctx, Model
 from tests.support.convergence_world import World
 from tests.support.dav import multistatus, report, tag
 
@@ -227,4 +227,4 @@ def _at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-__all__ = ["Result", "ScenarioFailed", "mirror_items", "quiesce", "run_scenario"]
+__all__ = ["Result", "ScenarioFailed", "quiesce", "run_scenario"]
