@@ -329,3 +329,16 @@ def test_consent_answers_that_do_not_fit_are_refused(graph: GraphSandbox) -> Non
         exchange(settings, redirect, f"{back}?{urlencode(params)}", "state-2", flow)
     blob = exchange(settings, redirect, f"{back}?{urlencode(params)}", "state-1", flow)
     assert json.loads(blob)["username"] == email
+
+
+def test_stale_or_unreadable_cursor_means_a_full_listing(harness: MicrosoftHarness) -> None:
+    from server.providers.base import CursorExpired
+
+    harness.create_remote_event(ical("ext-1", "one", at("2027-02-19", 9)))
+    _, cursor, _ = drain(harness, None)
+    state = json.loads(cursor)
+    assert state["delta"].startswith(harness.settings.graph_url)
+    state["opened"] = (datetime.now(UTC) - timedelta(days=8)).isoformat()  # the window no longer rolls
+    for stale in (json.dumps(state), "not a cursor"):
+        with pytest.raises(CursorExpired):
+            drain(harness, stale)
