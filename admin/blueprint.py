@@ -55,6 +55,17 @@ def create_admin_blueprint(database: Database, config: Config, secret_key: str) 
         return page("error.html", 400, title="Form expired or forged",
                     message=f"This form was refused ({exc.description}). Reload the page and try again.")
 
+    @admin.errorhandler(404)
+    def _not_found(_exc: Exception):  # type: ignore[no-untyped-def]
+        return page("error.html", 404, title="Not found",
+                    message="There is no such tech, token or page (it may have been removed meanwhile).")
+
+    @admin.errorhandler(500)
+    def _server_error(_exc: Exception):  # type: ignore[no-untyped-def]
+        return page("error.html", 500, title="Something went wrong",
+                    message="The server failed while doing this; the error is in the server log. "
+                            "Changes made by this action may be incomplete: reload and check.")
+
     @admin.route("/login", methods=["GET", "POST"])
     def login():  # type: ignore[no-untyped-def]
         target = request.values.get("next", "")

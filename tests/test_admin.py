@@ -285,6 +285,24 @@ def test_password_reset_and_mobileconfig(stack: Lockstep, panel: Panel) -> None:
     assert [e.target for e in _audit(stack, "tech.password_reset")][-1] == "fay"
 
 
+def test_mobileconfig_for_https_behind_a_proxy() -> None:
+    from admin.mobileconfig import caldav_profile
+
+    profile = plistlib.loads(caldav_profile("https://cal.example.com", "gil", display_name="Gil",
+                                            password="abcd-efgh-jkmn-pqrs"))
+    (account,) = profile["PayloadContent"]
+    assert (account["CalDAVHostName"], account["CalDAVPort"], account["CalDAVUseSSL"]) == \
+        ("cal.example.com", 443, True)
+    assert account["CalDAVPrincipalURL"] == "https://cal.example.com/dav/gil/"
+    assert account["CalDAVPassword"] == "abcd-efgh-jkmn-pqrs"
+
+
+def test_unknown_tech_is_a_panel_404(panel: Panel) -> None:
+    response = panel.get("/admin/techs/nobody-here")
+    assert response.status_code == 404 and "Not found" in response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("text/html")
+
+
 # --- tokens, dashboard, conflicts ------------------------------------------------------------
 
 def test_token_created_once_listed_and_revoked(stack: Lockstep, panel: Panel) -> None:
