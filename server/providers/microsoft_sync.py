@@ -142,7 +142,7 @@ class ChangeReader:
 
     def _incremental(self, delta_link: str) -> Iterator[ChangePage]:
         changed: dict[str, GraphEvent] = {}
-        removed: list[str] = []
+        removed: dict[str, None] = {}  # an ordered set
         dirty: set[str] = set()
         new_link = ""
         for page in self._delta(delta_link, None):
@@ -153,7 +153,7 @@ class ChangeReader:
                     if owner is not None:
                         dirty.add(owner)
                     else:
-                        removed.append(item_id)
+                        removed[item_id] = None
                     changed.pop(item_id, None)
                 elif item.get("seriesMasterId"):
                     dirty.add(str(item["seriesMasterId"]))
