@@ -46,7 +46,8 @@ def google_settings(config: Config) -> GoogleSettings:
     return GoogleProvider.settings_from(config)
 
 
-def _oauth_flow(config: Config, provider: str) -> tuple[object, Callable[..., tuple[str, str]], Callable[..., str]]:
+def _oauth_flow(config: Config, provider: str
+                ) -> tuple[object, Callable[..., tuple[str, str]], Callable[..., str]]:
     """(settings, consent_url, exchange) of an OAuth provider. For Microsoft the "verifier"
     kept between the two steps is MSAL's whole auth-code flow (state, nonce, PKCE), as JSON."""
     if provider == "microsoft":
