@@ -9,9 +9,11 @@ conflict appear. Every page is saved under docs/screenshots/ for README.md.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -51,10 +53,33 @@ def graph() -> Iterator[GraphSandbox]:
         yield sandbox
 
 
+class _Dispatch(BaseHTTPRequestHandler):
+    """A dispatch system's webhook endpoint: takes the signed POST, answers 204."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
 @pytest.fixture(scope="module")
-def server(google: GoogleSandbox, graph: GraphSandbox,
+def dispatch_webhook() -> Iterator[str]:
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Dispatch)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{receiver.server_address[1]}/lockstep"
+    receiver.shutdown()
+    receiver.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(google: GoogleSandbox, graph: GraphSandbox, dispatch_webhook: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
-    env = {**google_env(google, LOCKSTEP_SYNC_POLL_SECONDS="2"), **graph_env(graph)}
+    env = {**google_env(google, LOCKSTEP_SYNC_POLL_SECONDS="2"), **graph_env(graph),
+           "LOCKSTEP_NOTIFY_WEBHOOK_URL": dispatch_webhook, "LOCKSTEP_NOTIFY_WEBHOOK_SECRET": "s3cret"}
     with running_server(tmp_path_factory.mktemp("admin-browser"), "sqlite", extra_env=env) as started:
         create_admin(started.database, "boss", PASSWORD)
         yield started
@@ -210,6 +235,7 @@ def test_add_tech_connect_google_and_see_a_conflict(page: Page, server: Lockstep
 
     p.click("nav >> text=Notifications")
     assert p.locator("tr.kind-conflict").count() >= 1
+    until(p, lambda: p.locator("tr.delivery-sent:has-text('conflict')").count(), "the webhook delivery")
     shot(p, "notifications")
 
     p.goto(f"{server.url}/admin/techs/ana")
