@@ -14,10 +14,11 @@ from sqlalchemy import select
 
 from server.models import Connection, Notification, RemoteCalendarRow, Tech
 from server.providers.microsoft_mapping import UID_PROPERTY
+from server.sandbox.google import GoogleSandbox
 from server.sandbox.graph import GraphSandbox
 from tests.support.api import Api, api_for
 from tests.support.dav import multistatus
-from tests.support.google_env import eventually
+from tests.support.google_env import connect_google, eventually, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
 from tests.support.microsoft_env import connect_microsoft, graph_env
 
@@ -35,8 +36,15 @@ def graph() -> Iterator[GraphSandbox]:
 
 
 @pytest.fixture(scope="module")
-def server(backend: str, graph: GraphSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
-    env = graph_env(graph, LOCKSTEP_SYNC_POLL_SECONDS="3")
+def google() -> Iterator[GoogleSandbox]:
+    with GoogleSandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def server(backend: str, graph: GraphSandbox, google: GoogleSandbox,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
+    env = {**google_env(google), **graph_env(graph, LOCKSTEP_SYNC_POLL_SECONDS="3")}
     with running_server(tmp_path_factory.mktemp(f"sync-ms-{backend}"), backend, extra_env=env) as started:
         yield started
 
@@ -297,3 +305,38 @@ def test_revoked_grant_needs_reauth_keeps_the_booking_then_disconnect(
     assert not [s for s in graph.subscriptions() if s["user"] == email]
     assert requests.request("PROPFIND", f"{server.dav_url}{user}/microsoft-primary/", auth=(user, password),
                             headers={"Depth": "0"}).status_code == 404
+
+
+def test_google_and_outlook_at_once(server: LockstepServer, api: Api, graph: GraphSandbox,
+                                    google: GoogleSandbox) -> None:
+    """Both accounts' personal events block; a booking goes to one calendar only: the first
+    account's primary, or the one chosen with --bookings-to."""
+    user, password, email = _connect(server, graph)  # Outlook first
+    connect_google(server, google, user)
+    eventually(lambda: requests.request("PROPFIND", f"{server.dav_url}{user}/google-primary/",
+                                        auth=(user, password), headers={"Depth": "0"}).status_code == 207,
+               what="the Google mirror")
+    day = {"start": "2026-12-08T00:00:00Z", "end": "2026-12-09T00:00:00Z"}
+    graph.create_event(email, None, {"subject": "Outlook dentist",
+                                     "start": {"dateTime": "2026-12-08T09:00:00", "timeZone": PACIFIC},
+                                     "end": {"dateTime": "2026-12-08T10:00:00", "timeZone": PACIFIC}})
+    google.create_event(email, {"summary": "Google gym", "start": {"dateTime": "2026-12-08T19:00:00Z"},
+                                "end": {"dateTime": "2026-12-08T20:00:00Z"}})
+    eventually(lambda: _busy(api, user, day) == [{"start": "2026-12-08T17:00:00Z", "end": "2026-12-08T18:00:00Z"},
+                                                {"start": "2026-12-08T19:00:00Z", "end": "2026-12-08T20:00:00Z"}],
+               what="personal events of both accounts blocking")
+
+    def in_google(uid: str) -> bool:
+        return any((e.get("extendedProperties") or {}).get("private", {}).get("lockstepUid") == uid
+                   for e in google.stored_events(email))
+
+    first = api.post("/bookings", {"tech": user, "summary": "To Outlook", "start": "2026-12-08T21:00:00Z",
+                                   "end": "2026-12-08T22:00:00Z"}).json()["uid"]
+    eventually(lambda: _ours(graph, email, first), what="the booking in Outlook (first account)")
+    server.cli("calendars", user, "--bookings-to", email)  # Google's primary calendar id is the address
+    time.sleep(1)
+    second = api.post("/bookings", {"tech": user, "summary": "To Google", "start": "2026-12-08T22:00:00Z",
+                                    "end": "2026-12-08T23:00:00Z"}).json()["uid"]
+    eventually(lambda: in_google(second), what="the booking in the chosen Google calendar")
+    time.sleep(1)
+    assert _ours(graph, email, second) is None

@@ -288,11 +288,12 @@ class Bridge:
                     select(RemoteCalendarRow, Connection).join(Connection, Connection.id == RemoteCalendarRow.connection_id)
                     .join(Tech, Tech.id == Connection.tech_id)
                     .where(Tech.username == tech, RemoteCalendarRow.selected.is_(True))).all()
-                for calendar, connection in rows:
-                    target = connection.booking_calendar
-                    if (target and calendar.remote_id == target) or (not target and calendar.primary):
-                        return calendar, connection
-                return None
+                # One target only, even with several accounts: the calendar chosen with --bookings-to
+                # on any of them, else the primary calendar of the first account connected.
+                chosen = [(c, k) for c, k in rows if k.booking_calendar and c.remote_id == k.booking_calendar]
+                primaries = sorted(((c, k) for c, k in rows if not k.booking_calendar and c.primary),
+                                   key=lambda pair: pair[1].id)
+                return (chosen or primaries or [None])[0]
             row = session.execute(
                 select(RemoteCalendarRow, Connection).join(Connection, Connection.id == RemoteCalendarRow.connection_id)
                 .where(RemoteCalendarRow.local_path == path)).first()
