@@ -293,7 +293,8 @@ class Bridge:
                 chosen = [(c, k) for c, k in rows if k.booking_calendar and c.remote_id == k.booking_calendar]
                 primaries = sorted(((c, k) for c, k in rows if not k.booking_calendar and c.primary),
                                    key=lambda pair: pair[1].id)
-                return (chosen or primaries or [None])[0]
+                found = chosen or primaries
+                return found[0] if found else None
             row = session.execute(
                 select(RemoteCalendarRow, Connection).join(Connection, Connection.id == RemoteCalendarRow.connection_id)
                 .where(RemoteCalendarRow.local_path == path)).first()
