@@ -114,6 +114,24 @@ def test_booking_cancelled_while_access_was_revoked_is_removed_after_reconnect(s
                what="the cancelled booking gone from the provider after reconnecting")
 
 
+def test_booking_deleted_remotely_while_the_cursor_expired_is_restored(sqlite_world: World) -> None:
+    """Regression (found by seed 103): a full listing after an expired sync token does not list a
+    deleted event, and only mirrored events were reconciled with it; the booking stayed lost."""
+    world = sqlite_world
+    tech = world.add_tech()
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-04T18:00:00Z",
+                                          "end": "2027-02-04T19:00:00Z", "summary": "Boiler"})
+    assert booked.status_code == 201, booked.text
+    uid = booked.json()["uid"]
+    event = eventually(lambda: next((e for e in world.account.events(tech.user) if e.lockstep_uid == uid), None),
+                       what="booking remotely")
+    world.account.expire_cursor(tech.user)
+    world.account.delete(tech.user, event.remote_id)
+    world.server.cli("sync", "now", tech.user)
+    eventually(lambda: any(e.lockstep_uid == uid and e.start_utc == "2027-02-04T18:00:00Z"
+                           for e in world.account.events(tech.user)), timeout=30, what="the booking restored")
+
+
 def _observed(**changes: Any) -> tuple[Observed, Model]:
     """Two sides that agree: booking b1 overlapped by the personal event p1 (one conflict)."""
     booking = event_ics("b1", "Job", "20270202T180000Z", "20270202T190000Z")

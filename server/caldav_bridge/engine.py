@@ -129,13 +129,14 @@ class Bridge:
         provider = self.open_provider(connection)
         cursor = calendar.cursor or None
         counts = {"created": 0, "updated": 0, "deleted": 0, "echo": 0, "reverted": 0}
+        listed_from = utcnow()
         try:
             seen = self._apply_pages(provider, calendar, connection, tech, cursor, counts)
         except CursorExpired:
             log.info("sync %s: cursor expired, listing everything again", calendar.local_path)
             seen = self._apply_pages(provider, calendar, connection, tech, None, counts)
         if seen is not None:
-            self._drop_unseen(calendar.id, tech, seen, counts)
+            self._drop_unseen(calendar.id, tech, seen, counts, listed_from)
         self._mark_success(connection.id, tech)
         self._save_credentials(connection.id, provider, tech)
         log.info("sync %s: %s", calendar.local_path or calendar.remote_id,
@@ -224,9 +225,19 @@ class Bridge:
         message = f"Booking {link.local_uid} was {what} in the tech's calendar; Lockstep restored it."
         notify(session, tech, "booking_reverted", message)
 
-    def _drop_unseen(self, calendar_id: int, tech: str, seen: set[str], counts: dict[str, int]) -> None:
-        """After a full listing, mirrored events that were not listed are gone remotely."""
+    def _drop_unseen(self, calendar_id: int, tech: str, seen: set[str], counts: dict[str, int],
+                     listed_from: datetime) -> None:
+        """After a full listing, mirrored events that were not listed are gone remotely; so are
+        bookings that were not listed (deleted while the cursor was lost): those are restored,
+        unless pushed while the listing ran."""
         with self.database.write([tech]) as session:
+            ours = session.scalars(select(EventLink).where(
+                EventLink.remote_calendar_id == calendar_id, EventLink.origin == mirror.ORIGIN_LOCAL,
+                EventLink.updated_at < listed_from)).all()
+            for link in ours:
+                if link.remote_id not in seen:
+                    self._revert_booking(session, tech, link, RemoteEvent(link.remote_id))
+                    counts["reverted"] += 1
             links = session.scalars(select(EventLink).where(
                 EventLink.remote_calendar_id == calendar_id, EventLink.origin == mirror.ORIGIN_REMOTE)).all()
             for link in links:

@@ -74,6 +74,15 @@ def _slot(rng: random.Random, earliest: float = 8, latest: float = 17) -> tuple[
     return start, start + timedelta(minutes=rng.choice((30, 60, 90)))
 
 
+def _personal_slot(ctx: Ctx) -> tuple[datetime, datetime]:
+    """Anywhere in the day, or now and then over a live booking (the overlap is a conflict)."""
+    if ctx.model.bookings and ctx.rng.random() < 0.35:
+        booking = ctx.model.bookings[ctx.rng.choice(sorted(ctx.model.bookings))]
+        start = booking.start + timedelta(minutes=ctx.rng.choice((-30, 0, 30)))
+        return start, start + timedelta(minutes=ctx.rng.choice((30, 60)))
+    return _slot(ctx.rng, 6, 21)
+
+
 def _z(moment: datetime) -> str:
     return utc_text(moment)
 
@@ -147,7 +156,7 @@ def mirror_items(ctx: Ctx) -> list[tuple[str, str]]:
 
 
 def dav_create(ctx: Ctx) -> None:
-    start, end = _slot(ctx.rng, 6, 21)
+    start, end = _personal_slot(ctx)
     uid = f"dav-{uuid.UUID(int=ctx.rng.getrandbits(128))}"
     text = event_ics(uid, f"Phone {ctx.rng.randrange(1000)}", _ical_utc(start), _ical_utc(end))
     answer = ctx.tech.dav.put(ctx.world.mirror_url(ctx.tech) + f"{uid}.ics", data=text,
@@ -222,7 +231,7 @@ def _personal(ctx: Ctx, timed_single: bool = False) -> list[dict[str, Any]]:
 
 
 def remote_create(ctx: Ctx) -> None:
-    start, end = _slot(ctx.rng, 6, 21)
+    start, end = _personal_slot(ctx)
     remote_id = ctx.world.account.create(ctx.tech.user, f"Errand {ctx.rng.randrange(1000)}", start, end)
     ctx.note(f"remote create {remote_id} {_z(start)}..{_z(end)}")
 
@@ -232,7 +241,7 @@ def remote_move(ctx: Ctx) -> None:
     if not events:
         return remote_create(ctx)
     event = ctx.rng.choice(events)
-    start, end = _slot(ctx.rng, 6, 21)
+    start, end = _personal_slot(ctx)
     ctx.world.account.move(ctx.tech.user, str(event["id"]), start, end)
     ctx.note(f"remote move {event['id']} -> {_z(start)}..{_z(end)}")
 
@@ -307,7 +316,7 @@ def google_allday(ctx: Ctx) -> None:
 
 
 def google_tentative(ctx: Ctx) -> None:
-    start, end = _slot(ctx.rng, 7, 19)
+    start, end = _personal_slot(ctx)
     event = _sandbox(ctx).create_event(ctx.tech.email, {
         "summary": "Vendor call (maybe)", "start": _zoned(start), "end": _zoned(end),
         "attendees": [{"email": ctx.tech.email, "responseStatus": "tentative"},
