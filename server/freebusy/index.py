@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
-from server.freebusy.expand import BUSY, TENTATIVE, Span, intervals_for, merge
+from server.freebusy.epochs import EpochSpan, epoch_of, merge_rows, to_datetime
+from server.freebusy.expand import BUSY, TENTATIVE, Span, intervals_for
 from server.freebusy.policy import Policy
 from server.hours import parse_working_hours
 from server.models import BusyInterval, DavCollection, DavItem, Tech, TechSettings
@@ -35,25 +40,41 @@ def policy_for(session: Session, username: str) -> Policy | None:
 
 
 def policies_for(session: Session, usernames: list[str]) -> dict[str, Policy]:
-    """Policies of the named techs that exist, in one query."""
-    rows = session.execute(
-        select(Tech, TechSettings)
-        .outerjoin(TechSettings, TechSettings.tech_id == Tech.id)
-        .where(Tech.username.in_(usernames))
-    ).all()
-    return {tech.username: _policy(tech, settings or TechSettings()) for tech, settings in rows}
+    """Policies of the named techs that exist, in one query.
+
+    Read on every request (so a change made on any node counts at once); only building a
+    ``Policy`` from the same column values is remembered.
+    """
+    if not usernames:
+        return {}
+    rows = session.connection().execute(_POLICIES, {"names": usernames}).all()
+    return {row[0]: _policy(*row[1:]) for row in rows}
 
 
-def _policy(tech: Tech, settings: TechSettings) -> Policy:
+_POLICIES = (
+    select(Tech.username, Tech.timezone, Tech.working_hours, Tech.email, TechSettings.tentative_blocks,
+           TechSettings.allday, TechSettings.buffer_before_min, TechSettings.buffer_after_min,
+           TechSettings.min_notice_min)
+    .outerjoin(TechSettings, TechSettings.tech_id == Tech.id)
+    .where(Tech.username.in_(bindparam("names", expanding=True)))
+)
+
+
+@lru_cache(maxsize=4096)
+def _policy(
+    zone: str, working_hours: str, email: str, tentative_blocks: bool | None, allday: str | None,
+    buffer_before_min: int | None, buffer_after_min: int | None, min_notice_min: int | None,
+) -> Policy:
+    """Policies are frozen and never mutated by their readers, so equal columns share one."""
     return Policy(
-        timezone=tech.timezone,
-        working_hours=parse_working_hours(tech.working_hours),
-        emails=frozenset({tech.email.lower()}),
-        tentative_blocks=bool(settings.tentative_blocks),
-        allday=settings.allday or "working_hours",
-        buffer_before_min=settings.buffer_before_min or 0,
-        buffer_after_min=settings.buffer_after_min or 0,
-        min_notice_min=settings.min_notice_min or 0,
+        timezone=zone,
+        working_hours=parse_working_hours(working_hours),
+        emails=frozenset({email.lower()}),
+        tentative_blocks=bool(tentative_blocks),
+        allday=allday or "working_hours",
+        buffer_before_min=buffer_before_min or 0,
+        buffer_after_min=buffer_after_min or 0,
+        min_notice_min=min_notice_min or 0,
     )
 
 
@@ -129,33 +150,97 @@ def busy_for_many(
     session: Session, policies: dict[str, Policy], start: datetime, end: datetime,
     ignore_href: str | None = None, collection_id: int | None = None,
 ) -> dict[str, tuple[list[Span], list[Span]]]:
-    """One range scan for many techs; each tech's intervals merged under its own policy."""
-    a, b = int(start.timestamp()), int(end.timestamp())
-    query = select(BusyInterval.tech, BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind).where(
-        BusyInterval.tech.in_(list(policies)),
-        BusyInterval.start_utc > a - DAY,
-        BusyInterval.start_utc < b,
-        BusyInterval.end_utc > a,
-    )
+    """As ``busy_epochs_for_many``, as datetimes (only the merged periods are converted)."""
+    epochs = busy_epochs_for_many(session, policies, epoch_of(start), epoch_of(end), ignore_href, collection_id)
+    return {tech: (_datetimes(busy), _datetimes(tentative)) for tech, (busy, tentative) in epochs.items()}
+
+
+def busy_epochs_for_many(
+    session: Session, policies: dict[str, Policy], start: int, end: int,
+    ignore_href: str | None = None, collection_id: int | None = None,
+) -> dict[str, tuple[list[EpochSpan], list[EpochSpan]]]:
+    """One range scan for many techs; each tech's rows merged under its own policy and clipped to
+    [start, end), all on integer epochs (a dense calendar has thousands of rows in a month)."""
+    techs = list(policies)
+    single = len(techs) == 1
+    params: dict[str, Any] = {"low": start - DAY, "start": start, "end": end,
+                              "tech": techs[0] if single else techs}
     if ignore_href is not None:
-        query = query.where(BusyInterval.href != ignore_href)
+        params["ignore_href"] = ignore_href
     if collection_id is not None:
-        query = query.where(BusyInterval.collection_id == collection_id)
-    spans: dict[str, tuple[list[Span], list[Span]]] = {tech: ([], []) for tech in policies}
-    for tech, row_start, row_end, kind in session.execute(query):
-        busy, tentative = spans[tech]
-        span = (_dt(max(row_start, a)), _dt(min(row_end, b)))
-        if kind == BUSY or (kind == TENTATIVE and policies[tech].tentative_blocks):
-            busy.append(span)
+        params["collection_id"] = collection_id
+    statement = _range_scan(single, ignore_href is not None, collection_id is not None)
+    rows = _plain_rows(session, statement, params)
+    answer = {tech: ([], []) for tech in techs}
+    if single:
+        answer[techs[0]] = merge_rows(rows, _blocking(policies[techs[0]]), start, end)
+    else:
+        for tech, group in groupby(rows, itemgetter(0)):
+            answer[tech] = merge_rows([row[1:] for row in group], _blocking(policies[tech]), start, end)
+    return answer
+
+
+def _plain_rows(session: Session, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows as the driver's own tuples, in the session's transaction.
+
+    A year of a busy calendar is ~25,000 rows; making a SQLAlchemy ``Row`` of each costs as
+    much as the scan itself. The statement is still compiled by SQLAlchemy for the dialect
+    (``construct_expanded_state`` expands the IN list), so the SQL is the same either way.
+    """
+    connection = session.connection()
+    state = _compiled(statement, connection.dialect).construct_expanded_state(params)
+    values = {name: state.processors[name](value) if name in state.processors else value
+              for name, value in state.parameters.items()}
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if state.positiontup is not None:
+            cursor.execute(state.statement, tuple(values[name] for name in state.positiontup))
         else:
-            tentative.append(span)
-    return {tech: (merge(busy), merge(tentative)) for tech, (busy, tentative) in spans.items()}
+            cursor.execute(state.statement, values)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+@lru_cache(maxsize=64)
+def _compiled(statement: Any, dialect: Any) -> Any:
+    return statement.compile(dialect=dialect)
+
+
+def _blocking(policy: Policy) -> tuple[str, ...]:
+    return (BUSY, TENTATIVE) if policy.tentative_blocks else (BUSY,)
+
+
+@lru_cache(maxsize=None)
+def _range_scan(single: bool, ignore_href: bool, in_collection: bool) -> Any:
+    """The scan of ``ix_busy_tech_start``, built once per shape (building a statement costs more
+    than running it on a quiet calendar), in (tech, start) order as the index gives it.
+    Rows never exceed a day, so start_utc > start - DAY finds every row overlapping start."""
+    columns = (BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
+    statement = select(*columns) if single else select(BusyInterval.tech, *columns)
+    statement = statement.where(
+        BusyInterval.tech == bindparam("tech") if single
+        else BusyInterval.tech.in_(bindparam("tech", expanding=True)),
+        BusyInterval.start_utc > bindparam("low"),
+        BusyInterval.start_utc < bindparam("end"),
+        BusyInterval.end_utc > bindparam("start"),
+    )
+    if ignore_href:
+        statement = statement.where(BusyInterval.href != bindparam("ignore_href"))
+    if in_collection:
+        statement = statement.where(BusyInterval.collection_id == bindparam("collection_id"))
+    order = (BusyInterval.start_utc,) if single else (BusyInterval.tech, BusyInterval.start_utc)
+    return statement.order_by(*order)
+
+
+def _datetimes(spans: list[EpochSpan]) -> list[Span]:
+    return [(to_datetime(a), to_datetime(b)) for a, b in spans]
 
 
 def _item_range(item: DavItem) -> Span:
     low, high = horizon()
-    start = _dt(max(item.range_start, int(low.timestamp())))
-    end = _dt(min(item.range_end, int(high.timestamp())))
+    start = to_datetime(max(item.range_start, int(low.timestamp())))
+    end = to_datetime(min(item.range_end, int(high.timestamp())))
     return start, end
 
 
@@ -166,7 +251,3 @@ def _day_chunks(start: int, end: int) -> list[tuple[int, int]]:
         chunks.append((start, min(end, start + DAY)))
         start += DAY
     return chunks
-
-
-def _dt(epoch: int) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
