@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from typing import Any, Callable
 
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from server import bookings
 from server.api.params import ParamError, minutes, text, time_range, timestamp
@@ -15,9 +16,10 @@ from server.credentials import CredentialVerifier
 from server.db import Database
 from server.freebusy import index as busy_index
 from server.freebusy.availability import free_slots
+from server.freebusy.epochs import EpochSpan, epoch_of, rfc3339
 from server.freebusy.vfreebusy import vfreebusy
 from server.models import Connection, Tech
-from server.principals import KIND_TOKEN, SCOPE_BOOKINGS, TOKEN_SCOPES
+from server.principals import KIND_TOKEN, SCOPE_BOOKINGS, SCOPE_FREEBUSY, TOKEN_SCOPES
 
 UTC = timezone.utc
 MAX_JSON_BYTES = 64 * 1024
@@ -63,25 +65,26 @@ def create_api(database: Database) -> Blueprint:
         return error(exc.status, exc.code, exc.message, **extra)
 
     @api.get("/freebusy")
-    @requires("freebusy")
+    @requires(SCOPE_FREEBUSY)
     def freebusy():  # type: ignore[no-untyped-def]
         start, end = time_range(request.args.get("start"), request.args.get("end"))
         techs = _tech_names()
+        a, b = epoch_of(start), epoch_of(end)
         with database.read() as session:
             policies = _policies(session, techs)
-            spans = busy_index.busy_for_many(session, policies, start, end)
+            spans = busy_index.busy_epochs_for_many(session, policies, a, b)
             health = sync_health(session, techs)
         if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
-            return Response(vfreebusy(start, end, {t: spans[t] for t in techs}), mimetype="text/calendar")
+            return Response(vfreebusy(a, b, {t: spans[t] for t in techs}), mimetype="text/calendar")
         answer = {
-            tech: {"busy": [_span(s) for s in busy], "tentative": [_span(s) for s in tentative],
+            tech: {"busy": _epoch_spans(spans[tech][0]), "tentative": _epoch_spans(spans[tech][1]),
                    "sync": health[tech]}
-            for tech, (busy, tentative) in ((t, spans[t]) for t in techs)
+            for tech in techs
         }
-        return jsonify(start=bookings.rfc3339(start), end=bookings.rfc3339(end), techs=answer)
+        return _json({"start": rfc3339(a), "end": rfc3339(b), "techs": answer})
 
     @api.get("/availability")
-    @requires("freebusy")
+    @requires(SCOPE_FREEBUSY)
     def availability():  # type: ignore[no-untyped-def]
         start, end = time_range(request.args.get("start"), request.args.get("end"))
         duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
@@ -180,8 +183,7 @@ def sync_health(session: Any, techs: list[str]) -> dict[str, dict[str, Any]]:
     """Per tech: the worst state of their connections (not_connected without any), last success."""
     rank = {"ok": 0, "degraded": 1, "needs_reauth": 2}
     health: dict[str, dict[str, Any]] = {t: {"state": "not_connected", "last_success": None} for t in techs}
-    rows = session.execute(select(Tech.username, Connection.state, Connection.last_success)
-                           .join(Connection, Connection.tech_id == Tech.id).where(Tech.username.in_(techs))).all()
+    rows = session.connection().execute(_CONNECTIONS, {"techs": techs}).all()
     for tech, state, last_success in rows:
         current = health[tech]
         if current["state"] == "not_connected" or rank.get(state, 1) > rank.get(current["state"], 0):
@@ -190,6 +192,13 @@ def sync_health(session: Any, techs: list[str]) -> dict[str, dict[str, Any]]:
             stamp = bookings.rfc3339(last_success if last_success.tzinfo else last_success.replace(tzinfo=UTC))
             current["last_success"] = max(filter(None, [current["last_success"], stamp]))
     return health
+
+
+_CONNECTIONS = (
+    select(Tech.username, Connection.state, Connection.last_success)
+    .join(Connection, Connection.tech_id == Tech.id)
+    .where(Tech.username.in_(bindparam("techs", expanding=True)))
+)
 
 
 def _policies(session: Any, techs: list[str]) -> dict[str, Any]:
@@ -224,6 +233,15 @@ def _json_body() -> dict[str, Any]:
 
 def _span(span: tuple[datetime, datetime]) -> dict[str, str]:
     return {"start": bookings.rfc3339(span[0]), "end": bookings.rfc3339(span[1])}
+
+
+def _epoch_spans(spans: list[EpochSpan]) -> list[dict[str, str]]:
+    return [{"start": rfc3339(a), "end": rfc3339(b)} for a, b in spans]
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """Compact JSON in the key order given (jsonify also sorts every key of every period)."""
+    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
 
 
 def _unauthorized(message: str) -> tuple[Response, int]:

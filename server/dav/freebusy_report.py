@@ -16,6 +16,8 @@ import radicale.app.report as radicale_report
 
 from server.dav.storage import Collection
 from server.freebusy import index as busy_index
+from server.freebusy.epochs import epoch_of
+from server.freebusy.vfreebusy import TechSpans, report_vfreebusy
 
 _original = radicale_report.freebusy_collection_text
 
@@ -27,20 +29,19 @@ def collection_freebusy_text(
     if not isinstance(collection, Collection) or collection.row is None:
         return _original(collection, range_start, range_end, max_occurrence, unlock_storage_fn,
                          time_range_element)
-    start, end = _utc(range_start), _utc(range_end)
+    start, end = epoch_of(_utc(range_start)), epoch_of(_utc(range_end))
     tech = collection.path.split("/", 1)[0]
     row_id = collection.row.id
 
-    def query(session: Any) -> tuple[list[Any], list[Any]]:
-        policy = busy_index.policy_for(session, tech)
-        if policy is None:
+    def query(session: Any) -> TechSpans:
+        policies = busy_index.policies_for(session, [tech])
+        if not policies:
             return [], []
-        return busy_index.busy_for(session, tech, policy, start, end, collection_id=row_id)
+        return busy_index.busy_epochs_for_many(session, policies, start, end, collection_id=row_id)[tech]
 
     busy, tentative = collection.read(query)
     unlock_storage_fn()
-    periods = [(a, b, "BUSY") for a, b in busy] + [(a, b, "BUSY-TENTATIVE") for a, b in tentative]
-    return radicale_report.render_freebusy(periods, start, end)
+    return report_vfreebusy(start, end, busy, tentative)
 
 
 def install() -> None:
