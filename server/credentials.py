@@ -1,8 +1,10 @@
 """Credential checks shared by CalDAV Basic auth and API bearer tokens.
 
 A verified (name, secret, stored hash) triple is remembered in memory as a keyed
-digest, so repeated requests skip argon2; changing or removing the credential
-changes the stored hash and invalidates the memory at once.
+digest, so repeated requests skip argon2. The stored hash is still read from the
+database on every request (on any node, a changed or revoked credential fails at
+once); only the argon2 work is remembered. API requests read it inside their own
+transaction (``verify_token``), so checking a token costs one indexed select.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import hmac
 import secrets
 import threading
 
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
 from server.db import Database
-from server.principals import Principal, lookup_principal
+from server.models import ApiToken
+from server.principals import KIND_TOKEN, Principal, lookup_principal
 from server.security import verify_password
 
 _MAX_REMEMBERED = 10_000
+_TOKEN = select(ApiToken.scope, ApiToken.secret_hash).where(ApiToken.name == bindparam("name"))
 
 
 class CredentialVerifier:
@@ -27,8 +34,19 @@ class CredentialVerifier:
         self._lock = threading.Lock()
 
     def verify(self, name: str, secret: str) -> Principal | None:
+        """A tech or a token, in a short transaction of its own (CalDAV Basic auth)."""
         with self._database.read() as session:
             principal = lookup_principal(session, name)
+        return self._check(principal, name, secret)
+
+    def verify_token(self, session: Session, name: str, secret: str) -> Principal | None:
+        """An API token, read in the caller's transaction. Names are unique across techs and
+        tokens, so a tech's name finds no token here."""
+        row = session.connection().execute(_TOKEN, {"name": name}).first()
+        principal = Principal(name, KIND_TOKEN, row.scope, row.secret_hash) if row is not None else None
+        return self._check(principal, name, secret)
+
+    def _check(self, principal: Principal | None, name: str, secret: str) -> Principal | None:
         stored_hash = principal.secret_hash if principal else None
         digest = hmac.new(self._key, f"{name}\0{secret}\0{stored_hash}".encode(), hashlib.sha256).digest()
         with self._lock:

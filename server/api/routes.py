@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
 from server import bookings
 from server.api.params import ParamError, minutes, text, time_range, timestamp
@@ -19,7 +20,7 @@ from server.freebusy.availability import free_slots
 from server.freebusy.epochs import EpochSpan, epoch_of, rfc3339
 from server.freebusy.vfreebusy import vfreebusy
 from server.models import Connection, Tech
-from server.principals import KIND_TOKEN, SCOPE_BOOKINGS, SCOPE_FREEBUSY, TOKEN_SCOPES
+from server.principals import SCOPE_BOOKINGS, SCOPE_FREEBUSY, TOKEN_SCOPES
 
 UTC = timezone.utc
 MAX_JSON_BYTES = 64 * 1024
@@ -33,7 +34,10 @@ def create_api(database: Database) -> Blueprint:
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
     verifier = CredentialVerifier(database)
 
-    def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def requires(scope: str, *, reads: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """The bearer token is checked against the database on every request (a revoked token
+        fails at once on every node). ``reads``: the view runs in that same read transaction,
+        passed as its first argument, so a query costs one transaction, not two."""
         def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
             @wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,12 +45,16 @@ def create_api(database: Database) -> Blueprint:
                 if not header.lower().startswith("bearer "):
                     return _unauthorized("send Authorization: Bearer <token from lockstep token create>")
                 name, _, secret = header[7:].strip().rpartition(".")
-                principal = verifier.verify(name, secret) if name and secret else None
-                if principal is None or principal.kind != KIND_TOKEN:
-                    return _unauthorized("the bearer token is not valid")
-                if TOKEN_SCOPES.index(principal.scope) < TOKEN_SCOPES.index(scope):
-                    return error(403, "forbidden", f"this token has scope {principal.scope!r}; {scope!r} is needed")
-                g.token = principal.name
+                with database.read() as session:
+                    principal = verifier.verify_token(session, name, secret) if name and secret else None
+                    if principal is None:
+                        return _unauthorized("the bearer token is not valid")
+                    if TOKEN_SCOPES.index(principal.scope) < TOKEN_SCOPES.index(scope):
+                        return error(403, "forbidden",
+                                     f"this token has scope {principal.scope!r}; {scope!r} is needed")
+                    g.token = principal.name
+                    if reads:
+                        return view(session, *args, **kwargs)
                 return view(*args, **kwargs)
             return wrapper
         return decorate
@@ -65,17 +73,16 @@ def create_api(database: Database) -> Blueprint:
         return error(exc.status, exc.code, exc.message, **extra)
 
     @api.get("/freebusy")
-    @requires(SCOPE_FREEBUSY)
-    def freebusy():  # type: ignore[no-untyped-def]
+    @requires(SCOPE_FREEBUSY, reads=True)
+    def freebusy(session: Session):  # type: ignore[no-untyped-def]
         start, end = time_range(request.args.get("start"), request.args.get("end"))
         techs = _tech_names()
+        policies = _policies(session, techs)
         a, b = epoch_of(start), epoch_of(end)
-        with database.read() as session:
-            policies = _policies(session, techs)
-            spans = busy_index.busy_epochs_for_many(session, policies, a, b)
-            health = sync_health(session, techs)
+        spans = busy_index.busy_epochs_for_many(session, policies, a, b)
         if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
             return Response(vfreebusy(a, b, {t: spans[t] for t in techs}), mimetype="text/calendar")
+        health = sync_health(session, techs)
         answer = {
             tech: {"busy": _epoch_spans(spans[tech][0]), "tentative": _epoch_spans(spans[tech][1]),
                    "sync": health[tech]}
@@ -84,17 +91,16 @@ def create_api(database: Database) -> Blueprint:
         return _json({"start": rfc3339(a), "end": rfc3339(b), "techs": answer})
 
     @api.get("/availability")
-    @requires(SCOPE_FREEBUSY)
-    def availability():  # type: ignore[no-untyped-def]
+    @requires(SCOPE_FREEBUSY, reads=True)
+    def availability(session: Session):  # type: ignore[no-untyped-def]
         start, end = time_range(request.args.get("start"), request.args.get("end"))
         duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
         step = timedelta(minutes=minutes(request.args.get("step"), "step", default=15))
         now = datetime.now(UTC)
         techs = _tech_names()
-        with database.read() as session:
-            policies = _policies(session, techs)
-            margin = timedelta(minutes=max(p.buffer_before_min + p.buffer_after_min for p in policies.values()) + 1)
-            spans = busy_index.busy_for_many(session, policies, start - margin, end + margin)
+        policies = _policies(session, techs)
+        margin = timedelta(minutes=max(p.buffer_before_min + p.buffer_after_min for p in policies.values()) + 1)
+        spans = busy_index.busy_for_many(session, policies, start - margin, end + margin)
         answer = {
             tech: {"slots": [_span(s) for s in free_slots(policies[tech], spans[tech][0], start, end,
                                                          duration, step, now)]}
