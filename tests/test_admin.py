@@ -127,6 +127,24 @@ def test_cookie_is_secure_over_https(stack: Lockstep) -> None:
     assert "Secure" in response.headers["Set-Cookie"]
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_cookie_is_secure_behind_a_trusted_https_proxy(stack: Lockstep, trusted: bool) -> None:
+    config = load_config(stack.config.data_dir, environ={
+        "LOCKSTEP_DATABASE_URL": stack.database.url, "LOCKSTEP_SERVER_TRUST_FORWARDED": str(trusted).lower()})
+    behind_proxy = create_app(config, database=stack.database)
+    proxy_headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.20",
+                     "Referer": "https://localhost/admin/login"}
+    client = Client(behind_proxy.wsgi)
+    token = TOKEN.search(client.get("/admin/login", headers=proxy_headers).get_data(as_text=True))
+    assert token is not None
+    response = client.post("/admin/login", headers=proxy_headers, environ_overrides={"REMOTE_ADDR": "127.0.0.1"},
+                           data={"username": "boss", "password": PASSWORD, "csrf_token": token.group(1)})
+    assert response.status_code == 303
+    assert ("Secure" in response.headers["Set-Cookie"]) is trusted
+    (entry,) = _audit(stack, "login")[-1:]
+    assert entry.detail == ("from 198.51.100.20" if trusted else "from 127.0.0.1")
+
+
 def test_wrong_password_then_rate_limited_per_user_and_address(stack: Lockstep) -> None:
     create_admin(stack.database, "eve-target", PASSWORD)
     client = Panel(stack.wsgi, ip="203.0.113.7")
