@@ -191,9 +191,10 @@ def _ics(uid: str, request: BookingRequest, *, sequence: int = 0, extra: dict[st
         event.add("DESCRIPTION", description)
     if request.location:
         event.add("LOCATION", request.location)
+    # vText: escaped like any TEXT value (an X- property would otherwise take a line break raw).
     for key, value in customer.items():
-        event.add(f"X-LOCKSTEP-CUSTOMER-{key.upper()}", value)
-    for key, value in (extra or {}).items():
+        event.add(f"X-LOCKSTEP-CUSTOMER-{key.upper()}", icalendar.vText(value))
+    for key, value in (extra or {}).items():  # as read back from a stored booking: already escaped
         event.add(key, value)
     calendar.add_component(event)
     return calendar.to_ical().decode()

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 MAX_RANGE = timedelta(days=366)
+# Far enough for any booking; near year 1 or 9999 the UTC and local-time arithmetic overflows.
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tzinfo=timezone.utc)
 _OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$", re.IGNORECASE)
 
 
@@ -23,10 +25,12 @@ def timestamp(value: Any, field: str) -> datetime:
     if "T" not in value.upper() or not _OFFSET.search(value):
         raise ParamError(field, f"{value!r} needs a date, a time and an offset (Z or ±hh:mm)")
     try:
-        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise ParamError(field, f"{value!r} is not an RFC 3339 date-time") from None
-    return parsed.astimezone(timezone.utc)
+    if not EARLIEST <= parsed < LATEST:
+        raise ParamError(field, f"{value!r} is outside the years 1900 to 2999")
+    return parsed
 
 
 def time_range(start_value: Any, end_value: Any) -> tuple[datetime, datetime]:
@@ -58,6 +62,12 @@ def text(body: dict[str, Any], field: str, *, required: bool = False, limit: int
         value = ""
     if not isinstance(value, str):
         raise ParamError(field, "must be a string")
+    if "\x00" in value:
+        raise ParamError(field, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        raise ParamError(field, "is not valid Unicode text") from None
     if required and not value.strip():
         raise ParamError(field, "required")
     if len(value) > limit:

@@ -24,6 +24,8 @@ from server.dav.auth import Auth
 from server.dav.request_scope import request_scope
 from server.dav.rights import Rights
 from server.dav.storage import Storage
+from server.freebusy import expand
+from server.freebusy.index import horizon
 
 DAV_PREFIX = "/dav"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -105,6 +107,12 @@ class DavGuard:
             body_in = transp.rewrite_request(environ["wsgi.input"].read(size))
             environ["wsgi.input"] = io.BytesIO(body_in)
             environ["CONTENT_LENGTH"] = str(len(body_in))
+        if method == "PUT" and size:
+            body_in = environ["wsgi.input"].read(size)
+            environ["wsgi.input"] = io.BytesIO(body_in)
+            refusal = _recurrence_refusal(body_in)
+            if refusal:
+                return _plain(start_response, "400 Bad Request", f"Bad Request: {refusal}. Nothing was stored.")
         _request.reasons = []
         captured: dict[str, Any] = {}
 
@@ -129,6 +137,26 @@ class DavGuard:
             headers += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [body]
+
+
+def _recurrence_refusal(body: bytes) -> str | None:
+    """Why a recurrence in ``body`` is too costly to accept, checked before Radicale walks it.
+
+    Radicale counts a bounded rule's occurrences one by one, and the busy index
+    expands every rule over its window, both while the request waits. A body
+    that icalendar cannot read is left to Radicale's own 400.
+    """
+    if b"RRULE" not in body.upper():
+        return None
+    try:
+        calendar = expand.parse_calendar(body.decode("utf-8"))
+    except Exception:  # noqa: BLE001 - unreadable: Radicale refuses it and says why
+        return None
+    try:
+        expand.check_recurrence_cost(calendar, *horizon())
+    except expand.TooManyOccurrences as exc:
+        return str(exc)
+    return None
 
 
 def _rewrite_body(

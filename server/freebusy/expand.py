@@ -66,9 +66,83 @@ def parse_calendar(text: str) -> icalendar.Calendar:
     return calendar
 
 
+# A recurrence is walked from its DTSTART and every occurrence in the window is
+# built: an open-ended FREQ=MINUTELY would take minutes while the writer holds
+# the tech's lock (on SQLite, the whole database). Radicale caps the first
+# RRULE's COUNT at 10,000 and estimates its UNTIL without BY* parts, then walks
+# the whole set; these limits cover every rule, before Radicale sees it.
+MAX_OCCURRENCES = 10_000  # in the expansion window
+MAX_STEPS = 200_000  # from DTSTART to the window's end (about a second to walk)
+_PER_DAY = {"SECONDLY": 86400.0, "MINUTELY": 1440.0, "HOURLY": 24.0, "DAILY": 1.0,
+            "WEEKLY": 1 / 7, "MONTHLY": 1 / 28, "YEARLY": 1 / 365}
+# BY* parts that multiply occurrences when FREQ is coarser than them (BYHOUR on a DAILY rule).
+_EXPANDING = (("BYHOUR", 24.0), ("BYMINUTE", 1440.0), ("BYSECOND", 86400.0))
+
+
+class TooManyOccurrences(ValueError):
+    """A recurrence too dense, or starting too long ago for its frequency, to expand."""
+
+
+def check_recurrence_cost(calendar: icalendar.Calendar, window_start: datetime, window_end: datetime) -> None:
+    """Refuse, from the rules alone and before expanding anything, what would be too costly to expand.
+
+    Several RRULEs in one component are refused too: RFC 5545 says SHOULD NOT,
+    no client writes them, and Radicale checks only the first before it counts
+    the occurrences of all of them one by one.
+    """
+    for event in calendar.walk():
+        rules = event.get("RRULE")
+        if rules is None:
+            continue
+        rules = rules if isinstance(rules, list) else [rules]
+        if len(rules) > 1:
+            raise TooManyOccurrences(f"{event.name} has {len(rules)} RRULE properties; at most 1 is accepted")
+        start = event.get("DTSTART")
+        if start is None or not hasattr(start, "dt"):
+            continue
+        first = _utc(start.dt)
+        for rule in rules:
+            per_day = _PER_DAY.get(str((rule.get("FREQ") or [""])[0]).upper())
+            if per_day is None:
+                continue
+            try:
+                interval = max(1, int((rule.get("INTERVAL") or [1])[0]))
+            except (TypeError, ValueError):
+                continue
+            rate = per_day / interval
+            for part, level in _EXPANDING:
+                if per_day < level:
+                    rate *= max(1, len(rule.get(part) or []))
+            until = [_utc(u) for u in rule.get("UNTIL") or []]
+            last = until[0] if until else window_end  # a bounded rule is walked to its end (Radicale counts it)
+            count = (rule.get("COUNT") or [None])[0]
+            steps = max(0.0, (last - first).total_seconds() / 86400) * rate
+            overlap = (min(last, window_end) - max(first, window_start)).total_seconds() / 86400
+            within = max(0.0, overlap) * rate
+            if count is not None:
+                steps, within = min(steps, float(count)), min(within, float(count))
+            text = rule.to_ical().decode(errors="replace")
+            if within > MAX_OCCURRENCES:
+                raise TooManyOccurrences(
+                    f"the recurrence {text} has about {int(within)} occurrences between {window_start:%Y-%m-%d} "
+                    f"and {window_end:%Y-%m-%d}; at most {MAX_OCCURRENCES} are accepted")
+            if steps > MAX_STEPS:
+                raise TooManyOccurrences(
+                    f"the recurrence {text} spans too long for its frequency (about {int(steps)} "
+                    f"occurrences from {first:%Y-%m-%d}; at most {MAX_STEPS} are accepted)")
+
+
+def _utc(value: Any) -> datetime:
+    """Any DTSTART/UNTIL value as an aware datetime (floating and dates read as UTC: an estimate)."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def intervals_for(text: str, policy: Policy, window_start: datetime, window_end: datetime) -> list[Interval]:
     """Blocking (busy) and non-blocking (tentative) time of every VEVENT occurrence."""
     calendar = parse_calendar(text)
+    check_recurrence_cost(calendar, window_start, window_end)
     sources = _sources(calendar, policy)
     # A day of slack each side: all-day and floating instances are compared by
     # the library before we place them in the tech's zone.
