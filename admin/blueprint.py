@@ -33,12 +33,16 @@ def create_admin_blueprint(database: Database, config: Config, secret_key: str) 
         app.session_interface = web_session.AdminSessionInterface(session_key)
 
     @admin.before_request
-    def _guard() -> None:
+    def _guard():  # type: ignore[no-untyped-def]
+        if any("\x00" in value for values in request.form.listvalues() for value in values):
+            return page("error.html", 400, title="Not saved",
+                        message="A field contains a NUL character; nothing was changed.")
         csrf.protect()
         g.admin = web_session.current_admin()
         if g.admin is not None and accounts.find_admin(database, g.admin) is None:
             session.clear()  # the account is gone: so is the session
             g.admin = None
+        return None
 
     @admin.after_request
     def _headers(response):  # type: ignore[no-untyped-def]

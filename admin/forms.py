@@ -86,6 +86,9 @@ def read_tech_form(form: Mapping[str, str]) -> TechForm:
     result.hours = "; ".join(clauses)
     if not values["name"]:
         raise AdminError("the name is empty")
+    for key, limit in (("name", 200), ("email", 320)):
+        if len(values[key]) > limit:
+            raise AdminError(f"the {key} is longer than {limit} characters")
     if values["allday"] not in ALLDAY_POLICIES:
         raise AdminError(f"all-day events: choose one of {', '.join(ALLDAY_POLICIES)}")
     minutes = {}

@@ -248,6 +248,8 @@ def test_bad_time_zone_is_refused_with_a_clear_message_and_nothing_saved(stack: 
     ("buffer_before", "ten", "buffer before: &#39;ten&#39; is not a whole number of minutes"),
     ("buffer_after", "20000", "buffer after must be 0 to 10080 minutes"),
     ("email", "nope", "is not an e-mail address"),
+    ("name", "N" * 201, "the name is longer than 200 characters"),
+    ("name", "Nul\x00Byte", "contains a NUL character"),
 ])
 def test_tech_edit_validation(stack: Lockstep, panel: Panel, field: str, value: str, message: str) -> None:
     if "cid" not in {t.username for t in techs.list_techs(stack.database)}:

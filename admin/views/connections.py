@@ -88,6 +88,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
         url = request.form.get("url", "").strip()
         account = request.form.get("account", "").strip()
         password = request.form.get("password", "")
+        if len(url) > 2000 or len(account) > 200 or len(password) > 1000:
+            return show(username, 400, error="The URL, user name or password is too long.")
         if not url.startswith(("https://", "http://")) or not account or not password:
             return show(username, 400, error="Give the CalDAV server URL (https://...), the user name and "
                                              "an app password.")
