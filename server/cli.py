@@ -264,6 +264,13 @@ def _setup_logging(config: Config) -> None:
     # Radicale logs every request at INFO; keep it to problems unless debugging.
     logging.getLogger("radicale").setLevel(level if level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # OAuth and HTTP client libraries print tokens, codes and headers in their debug output.
+    for name in SECRET_LOGGING_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+SECRET_LOGGING_LIBRARIES = ("requests_oauthlib", "oauthlib", "google_auth_oauthlib", "google.auth",
+                            "googleapiclient", "msal", "urllib3", "caldav", "niquests", "httpx")
 
 
 if __name__ == "__main__":
