@@ -171,7 +171,7 @@ def busy_epochs_for_many(
         params["collection_id"] = collection_id
     statement = _range_scan(single, ignore_href is not None, collection_id is not None)
     rows = _plain_rows(session, statement, params)
-    answer = {tech: ([], []) for tech in techs}
+    answer: dict[str, tuple[list[EpochSpan], list[EpochSpan]]] = {tech: ([], []) for tech in techs}
     if single:
         answer[techs[0]] = merge_rows(rows, _blocking(policies[techs[0]]), start, end)
     else:
