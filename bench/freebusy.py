@@ -309,6 +309,14 @@ class Result:
     samples: OpResult = field(default_factory=OpResult)
     periods: int | None = None
     busy_hours: float | None = None
+    cpu_seconds: float = 0.0  # the server process's CPU time over the timed requests
+
+    @property
+    def cpu_ms(self) -> float:
+        """Mean server CPU per request: steadier than latency on a shared machine (it does not
+        count time spent waiting for a core), though /proc counts in clock ticks (10 ms), so it
+        is only good as a mean over many requests."""
+        return self.cpu_seconds * 1000 / max(1, len(self.samples.samples_ms))
 
 
 @dataclass
@@ -528,14 +536,17 @@ class Bench:
         for i in range(repeat):
             order = list(ops.items()) if i % 2 == 0 else list(ops.items())[::-1]
             for op, run in order:
+                cpu_before = cpu_seconds(server.pid)
                 _, seconds = run()
+                results[op].cpu_seconds += cpu_seconds(server.pid) - cpu_before
                 results[op].samples.samples_ms.append(seconds * 1000)
             if i + 1 >= min_repeat and time.monotonic() - started > budget:
                 break
         for op in ops:
             r = results[op]
-            log(who, f"{op}: median {r.samples.median:.2f} ms, p95 {r.samples.p95:.2f} ms "
-                f"(n={len(r.samples.samples_ms)}; {r.periods} busy periods, {r.busy_hours:.0f} h)")
+            log(who, f"{op}: median {r.samples.median:.2f} ms, p95 {r.samples.p95:.2f} ms, server CPU "
+                f"{r.cpu_ms:.2f} ms/request (n={len(r.samples.samples_ms)}; {r.periods} busy periods, "
+                f"{r.busy_hours:.0f} h)")
 
     def measure_stock(self, target: Target, share: float) -> None:
         args, server, client, calendar = self.args, target.server, target.client, target.calendar
@@ -685,6 +696,14 @@ def markdown(stock: Server | None, servers: list[Server], args: argparse.Namespa
         if parts:
             facts.append(f"{op}: " + ", ".join(parts))
     text += "Busy periods in the replies (busy hours): " + "; ".join(facts) + "\n"
+    cpu = []
+    for op in labels:
+        parts = [f"{s.key} {s.results[op].cpu_ms:.1f}" for s in ([stock] if stock else []) + servers
+                 if op in s.results]
+        if parts:
+            cpu.append(f"{op}: " + ", ".join(parts))
+    text += ("Server process CPU per request, ms (mean; PostgreSQL's own processes not counted): "
+             + "; ".join(cpu) + "\n")
     return text
 
 
@@ -838,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
                          "load_estimate": s.load_estimate, "first_ms": s.first_ms, "last_ms": s.last_ms,
                          "small_load_seconds": s.small_load_seconds,
                          "results": {op: {"samples_ms": r.samples.samples_ms, "periods": r.periods,
-                                          "busy_hours": r.busy_hours} for op, r in s.results.items()}}
+                                          "busy_hours": r.busy_hours, "cpu_ms": r.cpu_ms}
+                                     for op, r in s.results.items()}}
                         for s in ([stock] if stock else []) + servers],
         }, indent=1))
     print(f"total runtime {total:.0f} s (load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
