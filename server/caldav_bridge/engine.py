@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from server import jobs
 from server.caldav_bridge import mirror
@@ -26,7 +26,7 @@ from server.crypto import KeyRing
 from server.dav import store
 from server.dav.rights import BOOKINGS_CALENDAR
 from server.db import Database
-from server.models import Connection, DavChange, DavCollection, EventLink, RemoteCalendarRow, Tech, utcnow
+from server.models import Connection, DavChange, DavCollection, EventLink, Job, RemoteCalendarRow, Tech, utcnow
 from server.notify import notify
 from server.providers import provider_class
 from server.providers.base import AuthorizationLost, Credentials, CursorExpired, Provider, RemoteEvent
@@ -85,6 +85,11 @@ class Bridge:
                     record = RemoteCalendarRow(connection_id=row.id, remote_id=calendar.remote_id,
                                                selected=calendar.primary or (row.selection == "busy" and calendar.busy))
                     session.add(record)
+                    session.flush()
+                    # SQLite hands a removed calendar's id to the next new one: jobs still waiting under
+                    # that id (a renewal due in days) belong to the removed calendar and would absorb ours.
+                    session.execute(delete(Job).where(Job.state == jobs.READY, Job.dedupe_key.in_(
+                        [f"sync:{record.id}", f"watch:{record.id}"])))
                 record.name, record.primary, record.busy = calendar.name, calendar.primary, calendar.busy
                 if record.selected and not record.local_path:
                     slug = mirror.mirror_slug(row.provider, calendar.name, calendar.primary, taken)
