@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from server.models import Job
+from server.models import Conflict, Job
 from server.sandbox.google import GoogleSandbox
 from tests.support.convergence import run_scenario
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
@@ -130,6 +130,51 @@ def test_booking_deleted_remotely_while_the_cursor_expired_is_restored(sqlite_wo
     world.server.cli("sync", "now", tech.user)
     eventually(lambda: any(e.lockstep_uid == uid and e.start_utc == "2027-02-04T18:00:00Z"
                            for e in world.account.events(tech.user)), timeout=30, what="the booking restored")
+
+
+def test_a_slow_first_push_does_not_leave_the_booking_at_its_old_time(sqlite_world: World) -> None:
+    """Regression (found by seed 1009): the create's push, slowed, finished after the move's push
+    and wrote the old time remotely, and its link made that look current; nothing corrected it."""
+    world = sqlite_world
+    tech = world.add_tech()
+    google = world.account.sandbox  # type: ignore[attr-defined]
+    google.add_fault("latency", delay=3.0, remaining=1, method="POST", path=r"/events$")
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-09T18:00:00Z",
+                                          "end": "2027-02-09T19:00:00Z", "summary": "Boiler"})
+    assert booked.status_code == 201, booked.text
+    uid = booked.json()["uid"]
+    time.sleep(1)  # the create's push is now inside the slow insert
+    moved = world.api.patch(f"/bookings/{uid}", {"start": "2027-02-10T18:00:00Z", "end": "2027-02-10T19:00:00Z"})
+    assert moved.status_code == 200, moved.text
+    eventually(lambda: any(e.lockstep_uid == uid and e.start_utc == "2027-02-10T18:00:00Z"
+                           for e in world.account.events(tech.user)) and not _jobs_waiting(world),
+               timeout=40, what="the booking remotely at its new time, every job done")
+
+
+def _jobs_waiting(world: World) -> bool:
+    with world.server.database.read() as session:
+        return bool(session.scalar(select(Job.id).where(Job.kind == "push_item", Job.state.in_(["ready", "running"]))
+                                   .limit(1)))
+
+
+def test_calendar_app_event_over_a_booking_records_one_conflict(sqlite_world: World) -> None:
+    """Regression (found by seed 1002): only provider-side events were checked for overlaps."""
+    world = sqlite_world
+    tech = world.add_tech()
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-11T18:00:00Z",
+                                          "end": "2027-02-11T19:00:00Z", "summary": "Boiler"})
+    assert booked.status_code == 201, booked.text
+    put = tech.dav.put(world.mirror_url(tech) + "dentist.ics", data=event_ics(
+        "dentist", "Dentist", "20270211T183000Z", "20270211T193000Z"), headers={"If-None-Match": "*"})
+    assert put.status_code == 201, put.text
+
+    def conflicts() -> list[tuple[str, str]]:
+        with world.server.database.read() as session:
+            return [tuple(row) for row in session.execute(select(Conflict.booking_uid, Conflict.other_ref).where(
+                Conflict.tech == tech.user))]
+
+    eventually(conflicts, timeout=30, what="the conflict")
+    assert conflicts() == [(booked.json()["uid"], f"{tech.user}/{world.account.mirror_slug}/dentist.ics")]
 
 
 def _observed(**changes: Any) -> tuple[Observed, Model]:

@@ -295,6 +295,16 @@ class Bridge:
                                     local_href=href, local_uid=item.uid, origin=origin)
                 session.add(current)
             current.remote_etag, current.local_etag, current.updated_at = remote.etag, item.etag, utcnow()
+            local = store.get_collection(session, path)
+            stored = store.get_items(session, local.id, [href]) if local is not None else []
+            if not stored or stored[0].etag != item.etag:
+                # Changed or removed while we pushed (another push of it may have finished first):
+                # what went out is stale, so push the item's present state after it.
+                jobs.enqueue(session, JOB_PUSH, {"path": path, "href": href}, dedupe_key=f"push:{path}/{href}")
+            elif origin == mirror.ORIGIN_REMOTE and local is not None:
+                # A calendar-app write to a mirror blocks time like a provider-side one: same conflicts.
+                session.flush()
+                record_conflicts(session, tech, local, href)
         self._mark_success(connection.id, tech)
 
     def _push_target(self, path: str, tech: str) -> tuple[RemoteCalendarRow, Connection] | None:
