@@ -7,14 +7,17 @@ Seeds are S, S+1, ... (S defaults to one derived from the clock, printed
 first). Each scenario runs on a fresh tech (tests/support/convergence.py);
 one server + worker + emulator serve many scenarios and are restarted every
 ``--restart-every``. A failure prints its seed, the broken invariants and the
-step log; replay it with ``--seed <seed> --scenarios 1``. Exit status 1 when
-any scenario failed. PostgreSQL needs LOCKSTEP_TEST_DATABASE_URL.
+step log; replay it with ``--seed <seed> --scenarios 1`` (same code: a change to
+the operations changes what a seed does). SIGTERM or Ctrl-C stops it cleanly
+with a summary. Exit status 1 when any scenario failed. PostgreSQL needs
+LOCKSTEP_TEST_DATABASE_URL.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -43,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[dict[str, object]] = []
     failed: list[str] = []
     began = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # background runs ignore SIGINT; stop them cleanly too
     try:
         _run(args, first, outcomes, failed)
     except KeyboardInterrupt:
         print("\nsoak: interrupted; summary of the scenarios that finished", flush=True)
     return _finish(outcomes, failed, began, args.json)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]], failed: list[str]) -> None:
