@@ -61,7 +61,7 @@ def create_hooks_blueprint(database: Database) -> Blueprint:
             items = json.loads(request.get_data(cache=False) or b"null")["value"]
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested absurdly deep
             return jsonify(error="bad_request",
                            message="not a Microsoft Graph notification (JSON with value[])"), 400
         with database.write(["hooks"]) as session:

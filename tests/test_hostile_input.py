@@ -8,6 +8,7 @@ Hypothesis runs derandomized (the same examples on every run) with modest counts
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -24,12 +25,14 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from server.caldav_bridge.engine import JOB_SYNC
-from server.models import Job
+from server.models import Job, RemoteCalendarRow
 from server.sandbox.google import GoogleSandbox
+from server.sandbox.graph import GraphSandbox
 from tests.support.api import Api, api_for
 from tests.support.dav import event_ics, multistatus, propfind, report, sync_collection_body, sync_token
 from tests.support.google_env import connect_google, eventually, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
+from tests.support.microsoft_env import connect_microsoft, graph_env
 from tests.support.raw_http import basic, raw_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ical"
@@ -53,9 +56,17 @@ def google() -> Iterator[GoogleSandbox]:
 
 
 @pytest.fixture(scope="module")
-def server(backend: str, google: GoogleSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
-    """This module's server talks to the Google emulator (for the push notification tests)."""
-    env = google_env(google, LOCKSTEP_SECURITY_SECRET_KEY=secrets.token_urlsafe(32), LOCKSTEP_SYNC_POLL_SECONDS="600")
+def graph() -> Iterator[GraphSandbox]:
+    with GraphSandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def server(backend: str, google: GoogleSandbox, graph: GraphSandbox,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockstepServer]:
+    """This module's server talks to the Google and Graph emulators (for the push notification tests)."""
+    env = {**google_env(google), **graph_env(graph), "LOCKSTEP_SYNC_POLL_SECONDS": "600",
+           "LOCKSTEP_SECURITY_SECRET_KEY": secrets.token_urlsafe(32)}
     # A short failed-login delay: Radicale sleeps it on every 401/403, and this module sends hundreds.
     with running_server(tmp_path_factory.mktemp(f"hostile-{backend}"), backend, extra_env=env,
                         auth_delay=0.01) as started:
@@ -374,12 +385,34 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _mirrored_uids(server: LockstepServer, auth: tuple[str, str]) -> list[str]:
-    listing = report(_session(auth), f"{server.dav_url}{auth[0]}/google-primary/", CALENDAR_QUERY)
+    """UIDs in the tech's mirrored provider calendar (the only one of theirs with a remote row)."""
+    with server.database.read() as session:
+        paths = [p for p in session.scalars(select(RemoteCalendarRow.local_path)) if p.startswith(auth[0] + "/")]
     found = []
-    for entry in multistatus(listing.text) if listing.status_code == 207 else []:
-        data = entry.props.get("{urn:ietf:params:xml:ns:caldav}calendar-data")
-        found += [line[4:].strip() for line in (data.text or "").splitlines() if line.startswith("UID:")]
+    for path in paths:
+        listing = report(_session(auth), f"{server.dav_url}{path}/", CALENDAR_QUERY)
+        for entry in multistatus(listing.text) if listing.status_code == 207 else []:
+            data = entry.props.get("{urn:ietf:params:xml:ns:caldav}calendar-data")
+            found += [line[4:].strip() for line in (data.text or "").splitlines() if line.startswith("UID:")]
     return found
+
+
+@contextlib.contextmanager
+def _hooks_without_workers(server: LockstepServer, tmp_path: Path) -> Iterator[LockstepServer]:
+    """A web-only node answers the hooks while no worker runs, so every job they queue stays
+    visible; the module's server (and its workers) comes back afterwards."""
+    hooks = LockstepServer(data_dir=tmp_path / "hooks", database_url=server.database_url,
+                           extra_env=server.extra_env).start("--no-workers")
+    server.stop()
+    try:
+        yield hooks
+    finally:
+        hooks.stop()
+        server.start()
+
+
+def _new_jobs(server: LockstepServer, baseline: list[int]) -> list[tuple[str, str]]:
+    return [(j.kind, j.state) for j in _jobs(server) if j.id not in baseline]
 
 
 def test_forged_google_notifications_change_nothing_and_replays_do_no_harm(
@@ -396,11 +429,7 @@ def test_forged_google_notifications_change_nothing_and_replays_do_no_harm(
     eventually(lambda: len(_mirrored_uids(server, auth)) == 1 and _quiet(server), timeout=30, what="the sync")
     mirrored, remote = _mirrored_uids(server, auth), google.stored_events(calendar)
 
-    # A web-only node answers the hooks while no worker runs, so every job they queue stays visible.
-    hooks = LockstepServer(data_dir=tmp_path / "hooks", database_url=server.database_url,
-                           extra_env=server.extra_env).start("--no-workers")
-    server.stop()
-    try:
+    with _hooks_without_workers(server, tmp_path) as hooks:
         baseline = [j.id for j in _jobs(hooks)]
         genuine = dict(real.headers)
         forged = {
@@ -418,20 +447,55 @@ def test_forged_google_notifications_change_nothing_and_replays_do_no_harm(
             answer = requests.post(hooks.url + "/hooks/google", timeout=30,
                                    headers={k: v for k, v in genuine.items() if k != missing})
             assert answer.status_code == 400 and answer.json()["message"]
-        assert [j.id for j in _jobs(hooks)] == baseline, "a forged notification queued work"
+        assert _new_jobs(hooks, baseline) == [], "a forged notification queued work"
 
         with ThreadPoolExecutor(max_workers=8) as pool:  # the genuine one, replayed 25 times at once
             replies = list(pool.map(lambda _: requests.post(hooks.url + "/hooks/google", headers=genuine,
                                                             timeout=30), range(25)))
         assert [r.status_code for r in replies] == [200] * 25
-        queued = [j for j in _jobs(hooks) if j.id not in baseline]
-        assert [(j.kind, j.state) for j in queued] == [(JOB_SYNC, "ready")], "replays were not deduplicated"
-    finally:
-        hooks.stop()
-        server.start()
+        assert _new_jobs(hooks, baseline) == [(JOB_SYNC, "ready")], "replays were not deduplicated"
     eventually(lambda: _quiet(server), timeout=30, what="the replayed sync")
     assert sorted(_mirrored_uids(server, auth)) == sorted(mirrored)  # no duplicate, nothing lost
     assert google.stored_events(calendar) == remote  # nothing echoed back to Google
+
+
+def test_forged_graph_notifications_change_nothing_and_replays_do_no_harm(
+        server: LockstepServer, graph: GraphSandbox, tmp_path: Path) -> None:
+    auth = server.add_tech()
+    email = connect_microsoft(server, graph, auth[0])
+    subscription = eventually(lambda: next((s for s in graph.subscriptions() if s["user"] == email), None),
+                              what="a subscription")
+    graph.create_event(email, None, {"subject": "Real change", "start": {"dateTime": "2027-05-04T10:00:00",
+                                                                         "timeZone": "UTC"},
+                                     "end": {"dateTime": "2027-05-04T11:00:00", "timeZone": "UTC"}})
+    real = eventually(lambda: next(iter(graph.notifications(subscription["id"])), None), what="a notification")
+    eventually(lambda: len(_mirrored_uids(server, auth)) == 1 and _quiet(server), timeout=30, what="the sync")
+    mirrored, remote = _mirrored_uids(server, auth), graph.stored_events(email)
+
+    with _hooks_without_workers(server, tmp_path) as hooks:
+        baseline = [j.id for j in _jobs(hooks)]
+        hook = hooks.url + "/hooks/microsoft"
+        forged = [{**real, "clientState": "guessed"}, {**real, "clientState": ""},
+                  {k: v for k, v in real.items() if k != "clientState"},
+                  {**real, "subscriptionId": str(uuid.uuid4())},
+                  {**real, "clientState": "guessed", "lifecycleEvent": "subscriptionRemoved"},
+                  {**real, "clientState": "guessed", "lifecycleEvent": "reauthorizationRequired"},
+                  {**real, "clientState": real["clientState"].swapcase()}]
+        for item in forged:
+            answer = requests.post(hook, json={"value": [item]}, timeout=30)
+            assert answer.status_code == 202, answer.text  # accepted and dropped: Graph must not retry
+        for body in (b"not json", b'{"value": "x"}', b'{"value": [1]}', b"[" * 20000 + b"]" * 20000):
+            assert requests.post(hook, data=body, timeout=30).status_code == 400
+        assert _new_jobs(hooks, baseline) == [], "a forged notification queued work"
+        assert hooks.log_file.read_text().count("rejected Microsoft notification") == len(forged)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # the genuine one, replayed 25 times at once
+            replies = list(pool.map(lambda _: requests.post(hook, json={"value": [real]}, timeout=30), range(25)))
+        assert [r.status_code for r in replies] == [202] * 25
+        assert _new_jobs(hooks, baseline) == [(JOB_SYNC, "ready")], "replays were not deduplicated"
+    eventually(lambda: _quiet(server), timeout=30, what="the replayed sync")
+    assert sorted(_mirrored_uids(server, auth)) == sorted(mirrored)
+    assert graph.stored_events(email) == remote
 
 
 # --- traversal and cross-tech access by every method -------------------------------------------
@@ -536,6 +600,33 @@ def test_oversized_bodies_are_413_with_a_reason_by_every_method(server: Lockstep
                           b"5\r\nhello\r\n0\r\n\r\n")
     assert chunked.status in (400, 411) and chunked.text.strip()
     assert _session((user, password)).get(server.dav_url + f"{user}/bookings/chunked.ics").status_code == 404
+
+
+BILLION_LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+                  + b"".join(b'<!ENTITY %s "%s">' % (b"a" * (n + 2), (b"&" + b"a" * (n + 1) + b";") * 10)
+                             for n in range(8))
+                  + b"]><propfind xmlns='DAV:'><prop><displayname>&" + b"a" * 9 + b";</displayname></prop></propfind>")
+XXE = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+       b"<propertyupdate xmlns='DAV:'><set><prop><displayname>&e;</displayname></prop></set></propertyupdate>")
+DEEP_XML = b"<propfind xmlns='DAV:'>" + b"<prop>" * 50000 + b"</prop>" * 50000 + b"</propfind>"
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, XXE, DEEP_XML], ids=["billion-laughs", "xxe", "deep"])
+def test_hostile_xml_is_400_not_500(server: LockstepServer, body: bytes) -> None:
+    """Radicale answered these with 500 (defusedxml raising, or recursion in its XML writer)."""
+    user, password = server.add_tech()
+    owner = _session((user, password))
+    before = _state(owner, f"{server.dav_url}{user}/bookings/")
+    headers = [(b"Authorization", basic(user, password)), (b"Content-Type", b"application/xml"), (b"Depth", b"1")]
+    for method, path in [("PROPFIND", f"/dav/{user}/bookings/"), ("REPORT", f"/dav/{user}/bookings/"),
+                         ("PROPPATCH", f"/dav/{user}/bookings/"), ("MKCALENDAR", f"/dav/{user}/xml/")]:
+        answer = raw_request(server.url, method, path, headers, body)
+        assert answer.status == 400 and "XML" in answer.text, (method, answer.status, answer.text[:200])
+        assert "root:" not in answer.text
+    assert _state(owner, f"{server.dav_url}{user}/bookings/") == before
+    assert owner.get(f"{server.dav_url}{user}/xml/").status_code == 404
+    negative = raw_request(server.url, "PUT", f"/dav/{user}/bookings/n.ics", headers[:1] + [(b"Content-Length", b"-5")])
+    assert negative.status == 400 and "Content-Length" in negative.text
 
 
 def test_header_injection_and_forged_script_name_do_nothing(server: LockstepServer) -> None:

@@ -13,6 +13,7 @@ import io
 import logging
 import threading
 from collections.abc import Iterable
+from xml.parsers import expat
 from typing import Any, Callable
 
 import radicale
@@ -90,6 +91,8 @@ class DavGuard:
         try:
             size = int(length)
         except ValueError:
+            size = -1
+        if size < 0:
             return _plain(start_response, "400 Bad Request", "Content-Length is not a number.")
         if size > self._max_body:
             return _plain(
@@ -103,8 +106,13 @@ class DavGuard:
                 start_response, "411 Length Required", "Send a Content-Length header, not chunked."
             )
         method = environ.get("REQUEST_METHOD", "").upper()
-        if method in ("PROPPATCH", "MKCALENDAR", "MKCOL") and size:
-            body_in = transp.rewrite_request(environ["wsgi.input"].read(size))
+        if method in XML_METHODS and size:
+            body_in = environ["wsgi.input"].read(size)
+            refusal = _xml_refusal(body_in)
+            if refusal:
+                return _plain(start_response, "400 Bad Request", f"Bad Request: {refusal}. Nothing was stored.")
+            if method != "PROPFIND" and method != "REPORT":
+                body_in = transp.rewrite_request(body_in)
             environ["wsgi.input"] = io.BytesIO(body_in)
             environ["CONTENT_LENGTH"] = str(len(body_in))
         if method == "PUT" and size:
@@ -137,6 +145,38 @@ class DavGuard:
             headers += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [body]
+
+
+XML_METHODS = ("PROPFIND", "REPORT", "PROPPATCH", "MKCALENDAR", "MKCOL")
+MAX_XML_DEPTH = 100  # WebDAV bodies nest a handful of levels; Radicale's XML code recurses per level
+
+
+def _xml_refusal(body: bytes) -> str | None:
+    """Why an XML body would make Radicale answer 500 instead of 400: a DOCTYPE (defusedxml
+    refuses entities by raising) or nesting deeper than its recursive serialiser goes.
+    Malformed XML is left to Radicale's own 400."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        return "XML with a DOCTYPE or entity declarations is not accepted"
+    depth = deepest = 0
+
+    def start(*_: Any) -> None:
+        nonlocal depth, deepest
+        depth += 1
+        deepest = max(deepest, depth)
+
+    def end(*_: Any) -> None:
+        nonlocal depth
+        depth -= 1
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    try:
+        parser.Parse(body, True)
+    except expat.ExpatError:
+        return None
+    if deepest > MAX_XML_DEPTH:
+        return f"the XML body nests {deepest} elements deep; at most {MAX_XML_DEPTH} are accepted"
+    return None
 
 
 def _recurrence_refusal(body: bytes) -> str | None:
