@@ -10,8 +10,10 @@ look. Data lives in a fresh temporary directory unless ``--data`` is given.
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -77,7 +79,10 @@ def run_demo(args: argparse.Namespace) -> int:
     def connect_and_report() -> None:
         _wait_until_up(config)
         for tech in seeded:
-            _connect(database_for(config), config, tech, google, graph)
+            try:
+                _connect(database_for(config), config, tech, google, graph)
+            except (requests.RequestException, RuntimeError, KeyError) as exc:
+                log.warning("demo: could not connect %s to %s: %s", tech.username, tech.provider, exc)
         print(_summary(config, google, graph, seeded, passwords, f"{token.name}.{token.secret}",
                        admin_password), flush=True)
 
@@ -137,14 +142,12 @@ def _seed_tech(database: Database, tech: DemoTech) -> str:
     return credential.secret
 
 
-def _seed_admin(database: Database) -> str | None:
-    """An admin login for the panel, when this build has the panel."""
-    try:
-        from admin import users as admin_users  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+def _seed_admin(database: Database) -> str:
+    """An admin login for the panel."""
+    from admin.accounts import create_admin
+
     password = secrets.token_urlsafe(9)
-    admin_users.create_admin(database, "admin", password)
+    create_admin(database, "admin", password)
     return password
 
 
@@ -227,31 +230,37 @@ def _connect(database: Database, config: Config, tech: DemoTech, google: GoogleS
     link = create_consent_link(database, config, tech.username, tech.provider)
     database.dispose()
     session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override the emulator's CA below
     if graph is not None:
         session.verify = graph.ca_bundle
-    answer = session.get(link, allow_redirects=False)
-    consent = answer.headers["Location"]
+    consent = session.get(link, allow_redirects=False).headers["Location"]
     separator = "&" if "?" in consent else "?"
     answer = session.get(consent + separator + "sandbox_consent=approve", allow_redirects=False)
-    callback = answer.headers.get("Location")
-    if callback is None:
-        log.warning("demo: %s did not redirect back for %s (HTTP %s)", tech.provider, tech.username,
-                    answer.status_code)
-        return
-    done = session.get(callback, allow_redirects=False)
+    if answer.is_redirect:  # response_mode=query (Google)
+        done = session.get(answer.headers["Location"], allow_redirects=False)
+    else:  # response_mode=form_post (Microsoft): the page's self-submitting form, submitted
+        action, fields = _hidden_form(answer.text)
+        done = session.post(action, data=fields, allow_redirects=False)
     if done.status_code != 200:
         log.warning("demo: connecting %s to %s failed: HTTP %s", tech.username, tech.provider, done.status_code)
 
 
+def _hidden_form(page: str) -> tuple[str, dict[str, str]]:
+    """The action and hidden fields of a form_post answer page."""
+    action = re.search(r"<form[^>]*action=['\"]([^'\"]+)['\"]", page)
+    if action is None:
+        raise RuntimeError("the consent page returned neither a redirect nor a form")
+    fields = re.findall(r"<input type=['\"]hidden['\"] name=['\"]([^'\"]+)['\"] value=['\"]([^'\"]*)['\"]", page)
+    return html.unescape(action.group(1)), {html.unescape(k): html.unescape(v) for k, v in fields}
+
+
 def _summary(config: Config, google: GoogleSandbox, graph: Any | None, seeded: list[DemoTech],
-             passwords: dict[str, str], token: str, admin_password: str | None) -> str:
+             passwords: dict[str, str], token: str, admin_password: str) -> str:
     base = config.public_url
     first = seeded[0]
     tomorrow = date.today() + timedelta(days=1)
-    lines = ["", "Lockstep demo is ready.", ""]
-    if admin_password:
-        lines += [f"  Admin panel:      {base}/admin/   (user admin, password {admin_password})"]
-    lines += [
+    lines = ["", "Lockstep demo is ready.", "",
+             f"  Admin panel:      {base}/admin/   (user admin, password {admin_password})",
         f"  CalDAV account:   {base}/dav/   user {first.username}, password {passwords[first.username]}",
         f"  Google Calendar:  {google.base_url}/_sandbox/calendar/{first.email}"
         "   (add a personal event here ...)",

@@ -86,25 +86,29 @@ def test_personal_event_added_on_the_google_page_removes_the_slot(demo: Demo) ->
     eventually(lambda: ten not in slot_starts(), timeout=20, what="the 10:00 slot to disappear")
 
 
-def test_seeded_calendars_block_time_and_the_account_works_over_caldav(demo: Demo) -> None:
+@pytest.mark.parametrize("user,zone,provider", [("alice", "America/New_York", "google"),
+                                                ("bob", "America/Chicago", "microsoft")])
+def test_seeded_calendars_block_time_and_the_account_works_over_caldav(demo: Demo, user: str, zone: str,
+                                                                      provider: str) -> None:
     token = demo.find(r"API token \(bookings scope\): (\S+)")
     base = demo.find(r"CalDAV account:\s+(\S+)/dav/")
-    user, password = "alice", demo.find(r"user alice, password (\S+)")
-    monday = datetime.now(NY).date()
+    password = demo.find(rf"{user} \({provider}, {zone}, password (\S+)\)")
+    local = ZoneInfo(zone)
+    monday = datetime.now(local).date()
     monday += timedelta(days=(0 - monday.weekday()) % 7 or 7)
-    span = {"tech": "alice", "start": _utc(datetime.combine(monday, time(0), NY)),
-            "end": _utc(datetime.combine(monday + timedelta(days=1), time(0), NY))}
+    span = {"tech": user, "start": _utc(datetime.combine(monday, time(0), local)),
+            "end": _utc(datetime.combine(monday + timedelta(days=1), time(0), local))}
 
     def busy() -> list[dict[str, str]]:
         answer = requests.get(f"{base}/api/v1/freebusy", params=span,
                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert answer.status_code == 200, answer.text
-        return answer.json()["techs"]["alice"]["busy"]
+        return answer.json()["techs"][user]["busy"]
 
-    standup = {"start": _utc(datetime.combine(monday, time(9), NY)),
-               "end": _utc(datetime.combine(monday, time(9, 30), NY))}
-    eventually(lambda: standup in busy(), timeout=20, what="the weekly stand-up to block Monday 09:00")
+    standup = {"start": _utc(datetime.combine(monday, time(9), local)),
+               "end": _utc(datetime.combine(monday, time(9, 30), local))}
+    eventually(lambda: standup in busy(), timeout=30, what=f"{user}'s weekly stand-up to block Monday 09:00")
     listing = requests.request("PROPFIND", f"{base}/dav/{user}/", auth=(user, password),
                                headers={"Depth": "1"}, timeout=10)
     assert listing.status_code == 207
-    assert "/dav/alice/google-primary/" in listing.text
+    assert f"/dav/{user}/{provider}-primary/" in listing.text

@@ -67,7 +67,7 @@ class RemoteAccount(Protocol):
         """Withdraw Lockstep's access as the tech would (revoke the grant, change the password)."""
 
 
-PROVIDERS = ("google", "caldav")
+PROVIDERS = ("google", "microsoft", "caldav")
 
 
 @contextlib.contextmanager
@@ -76,6 +76,12 @@ def open_account(provider: str) -> Iterator[RemoteAccount]:
     if provider == "google":
         with GoogleSandbox() as sandbox:
             yield GoogleAccount(sandbox)
+    elif provider == "microsoft":
+        from server.sandbox.graph import GraphSandbox
+        from tests.support.microsoft_env import GraphAccount
+
+        with GraphSandbox() as graph:
+            yield GraphAccount(graph)
     elif provider == "caldav":
         from tests.support.caldav_env import CalDAVRemoteAccount, radicale_server
 
