@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="try it: Google/Outlook emulators, seeded techs, on loopback")
     demo.add_argument("--port", type=int, help="port of the Lockstep server (default 5232)")
 
-    commands.add_parser("worker", help="background workers only (scale-out; today: busy-index horizon)")
+    commands.add_parser("worker", help="background workers only (scale-out): syncs, pushes, channels, busy index")
 
     tech = commands.add_parser("tech", help="manage techs").add_subparsers(dest="action", required=True)
     add = tech.add_parser("add", help="create a tech with a CalDAV home and a bookings calendar")
