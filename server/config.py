@@ -73,6 +73,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "client_secret": Option("", str, "OAuth client secret"),
         "auth_uri": Option("https://accounts.google.com/o/oauth2/auth", str, "Consent page"),
         "token_uri": Option("https://oauth2.googleapis.com/token", str, "Token endpoint"),
+        "revoke_uri": Option("https://oauth2.googleapis.com/revoke", str,
+                             "Revocation endpoint (used when a tech disconnects)"),
         "api_endpoint": Option("https://www.googleapis.com/calendar/v3/", str, "Calendar API v3 base"),
         "scopes": Option(
             "https://www.googleapis.com/auth/calendar.events "

@@ -119,6 +119,7 @@ def _provider_env(google: GoogleSandbox, graph: Any | None, port: int) -> dict[s
         "LOCKSTEP_GOOGLE_CLIENT_SECRET": google.DEFAULT_CLIENT_SECRET,
         "LOCKSTEP_GOOGLE_AUTH_URI": google.auth_uri,
         "LOCKSTEP_GOOGLE_TOKEN_URI": google.token_uri,
+        "LOCKSTEP_GOOGLE_REVOKE_URI": google.revoke_uri,
         "LOCKSTEP_GOOGLE_API_ENDPOINT": google.api_endpoint,
         "LOCKSTEP_SERVER_HOST": "127.0.0.1",
         "LOCKSTEP_SERVER_PORT": str(port),

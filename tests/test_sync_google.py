@@ -145,8 +145,10 @@ def test_disconnect_stops_channels_and_removes_mirrors(server: LockstepServer, a
     eventually(lambda: _busy(api, user), what="the Google event in free/busy")
     eventually(lambda: [c for c in google.channels() if c["calendarId"] == email and not c["stopped"]],
                what="a push channel")
+    revocations = len(google.request_log("/revoke"))
     out = server.cli("disconnect", "google", user).stdout
     assert "Disconnected google" in out
+    assert len(google.request_log("/revoke")) == revocations + 1  # the grant is withdrawn too
     assert not [c for c in google.channels() if c["calendarId"] == email and not c["stopped"]]
     assert requests.request("PROPFIND", f"{server.dav_url}{user}/google-primary/", auth=(user, password),
                             headers={"Depth": "0"}).status_code == 404

@@ -356,7 +356,8 @@ class Bridge:
                 log.warning("could not stop old channel of %s: %s", calendar.local_path, exc)
 
     def disconnect(self, username: str, provider_name: str) -> int:
-        """Stop push channels, forget the connection, remove its mirror calendars; returns mirrors removed."""
+        """Stop push channels, revoke the grant, forget the connection, remove its mirror calendars;
+        returns mirrors removed."""
         with self.database.read() as session:
             connection = session.scalar(select(Connection).join(Tech, Tech.id == Connection.tech_id).where(
                 Tech.username == username, Connection.provider == provider_name))
@@ -364,16 +365,7 @@ class Bridge:
                 RemoteCalendarRow.connection_id == connection.id))) if connection else []
         if connection is None:
             raise LookupError(f"{username} has no {provider_name} connection")
-        from server.providers.base import Watch
-
-        try:
-            provider = self.open_provider(connection)
-            for calendar in calendars:
-                if calendar.watch_channel:
-                    provider.stop_watch(Watch(calendar.watch_channel, calendar.watch_resource,
-                                              calendar.watch_expires or datetime.now(UTC), calendar.watch_token))
-        except Exception as exc:  # noqa: BLE001 - revoked grants cannot stop channels; they expire anyway
-            log.warning("disconnect %s/%s: could not stop push channels: %s", username, provider_name, exc)
+        self._withdraw(connection, calendars, f"{username}/{provider_name}")
         with self.database.write([username]) as session:
             removed = 0
             for calendar in calendars:
@@ -385,6 +377,29 @@ class Bridge:
                 session.delete(row)
         log.info("disconnected %s from %s: %d mirror calendar(s) removed", username, provider_name, removed)
         return removed
+
+    def _withdraw(self, connection: Connection, calendars: list[RemoteCalendarRow], label: str) -> None:
+        """Stop push channels and revoke the grant; failures only cost stray notifications
+        (channels expire) and are logged, since the credential is deleted anyway."""
+        from server.providers.base import Watch
+
+        try:
+            provider = self.open_provider(connection)
+        except Exception as exc:  # noqa: BLE001 - an unreadable credential has nothing to withdraw
+            log.warning("disconnect %s: cannot open the provider: %s", label, exc)
+            return
+        for calendar in calendars:
+            if not calendar.watch_channel:
+                continue
+            try:
+                provider.stop_watch(Watch(calendar.watch_channel, calendar.watch_resource,
+                                          calendar.watch_expires or datetime.now(UTC), calendar.watch_token))
+            except Exception as exc:  # noqa: BLE001 - revoked grants cannot stop channels
+                log.warning("disconnect %s: could not stop a push channel: %s", label, exc)
+        try:
+            provider.revoke()
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("disconnect %s: could not revoke the grant: %s", label, exc)
 
     # -- shared -------------------------------------------------------------------
     def _connection(self, connection_id: int) -> tuple[Connection, str]:

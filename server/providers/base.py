@@ -127,6 +127,12 @@ class Provider(ABC):
     @abstractmethod
     def stop_watch(self, watch: Watch) -> None: ...
 
+    def revoke(self) -> None:
+        """Withdraw the grant at the provider when the tech disconnects. Providers without a
+        per-application revocation (Graph, CalDAV app passwords) only forget the credential,
+        which the engine deletes; the tech removes the app's access in their account."""
+        return None
+
     @abstractmethod
     def credentials(self) -> Credentials:
         """The current credential blob (refreshed tokens included) for the engine to store."""

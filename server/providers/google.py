@@ -48,7 +48,8 @@ class GoogleProvider(Provider):
     def settings_from(cls, config: Any) -> GoogleSettings:
         values = config.values["google"]
         return GoogleSettings(values["client_id"], values["client_secret"], values["auth_uri"],
-                              values["token_uri"], values["api_endpoint"], tuple(values["scopes"].split()))
+                              values["token_uri"], values["api_endpoint"], tuple(values["scopes"].split()),
+                              values["revoke_uri"])
 
     def __repr__(self) -> str:  # never the blob
         return f"GoogleProvider(client_id={self.config.client_id!r})"
@@ -126,5 +127,8 @@ class GoogleProvider(Provider):
                 raise
 
     # --- credentials ---------------------------------------------------------------------
+    def revoke(self) -> None:
+        self.client.revoke()
+
     def credentials(self) -> Credentials:
         return self.client.sync_blob()

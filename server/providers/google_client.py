@@ -19,6 +19,7 @@ from typing import Any
 
 import google.oauth2.credentials
 import httplib2
+import requests
 from google.auth.exceptions import RefreshError, TransportError
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
@@ -30,6 +31,7 @@ from server.providers.base import (
 log = logging.getLogger(__name__)
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
 GOOGLE_API_ENDPOINT = "https://www.googleapis.com/calendar/v3/"
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar"
 _RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
@@ -44,6 +46,7 @@ class GoogleConfig:
     client_id: str
     client_secret: str = ""
     token_uri: str = GOOGLE_TOKEN_URI
+    revoke_uri: str = GOOGLE_REVOKE_URI
     api_endpoint: str = GOOGLE_API_ENDPOINT
     page_size: int = 250
     timeout: float = 60.0
@@ -158,6 +161,19 @@ class GoogleClient:
             expiry=_parse_expiry(self._extra.get("expiry")))
         self._seen = self._state()
         self._service: Any = None
+
+    def revoke(self) -> None:
+        """Revoke the grant (the refresh token, which takes its access tokens with it).
+        A token Google no longer knows (400 invalid_token) is already revoked."""
+        token = self.creds.refresh_token or self.creds.token
+        if not token:
+            return
+        try:
+            answer = requests.post(self.config.revoke_uri, data={"token": token}, timeout=self.config.timeout)
+        except requests.RequestException as exc:
+            raise ProviderError(f"Google revoke: {type(exc).__name__}") from None
+        if answer.status_code >= 500:
+            raise ProviderError(f"Google revoke: HTTP {answer.status_code}")
 
     @property
     def api(self) -> Any:

@@ -22,6 +22,7 @@ class GoogleSettings:
     token_uri: str
     api_endpoint: str
     scopes: tuple[str, ...]
+    revoke_uri: str = "https://oauth2.googleapis.com/revoke"
 
 
 def _flow(settings: GoogleSettings, redirect_uri: str, state: str | None = None,

@@ -17,6 +17,7 @@ def google_env(google: GoogleSandbox, **extra: str) -> dict[str, str]:
         "LOCKSTEP_GOOGLE_CLIENT_SECRET": google.DEFAULT_CLIENT_SECRET,
         "LOCKSTEP_GOOGLE_AUTH_URI": google.auth_uri,
         "LOCKSTEP_GOOGLE_TOKEN_URI": google.token_uri,
+        "LOCKSTEP_GOOGLE_REVOKE_URI": google.revoke_uri,
         "LOCKSTEP_GOOGLE_API_ENDPOINT": google.api_endpoint,
         **extra,
     }
