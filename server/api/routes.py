@@ -230,7 +230,8 @@ def _tech_names() -> list[str]:
 
 def _json_body() -> dict[str, Any]:
     if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise ParamError("body", f"at most {MAX_JSON_BYTES} bytes")
+        raise bookings.BookingError(413, "too_large", f"the request body is {request.content_length} bytes; "
+                                    f"at most {MAX_JSON_BYTES} bytes are accepted. Nothing was stored.")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ParamError("body", "must be a JSON object (Content-Type: application/json)")
