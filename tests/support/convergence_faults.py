@@ -73,7 +73,8 @@ def grant_revoked(ctx: Ctx) -> None:
 def worker_killed(ctx: Ctx) -> None:
     """SIGKILL the worker while it is likely inside a job (calls are slowed to make that so),
     then start a new one: the dead worker's leased jobs are taken over once the lease runs out."""
-    _google(ctx).add_latency(1.0, 2, path=r"^/calendar/")
+    if ctx.world.account.provider == "google":
+        _google(ctx).add_latency(1.0, 2, path=r"^/calendar/")
     time.sleep(ctx.rng.uniform(0.1, 1.0))
     running = _running_jobs(ctx)
     ctx.world.kill_worker()
@@ -94,9 +95,10 @@ def database_dropped(ctx: Ctx) -> None:
 
 def clear(ctx: Ctx) -> None:
     """End every fault: no more injected errors, push delivered faithfully, access restored."""
-    google = _google(ctx)
-    google.clear_faults()
-    google.clear_notification_faults()
+    if ctx.world.account.provider == "google":
+        google = _google(ctx)
+        google.clear_faults()
+        google.clear_notification_faults()
     ctx.world.ensure_worker()
     for user in sorted(ctx.model.revoked):
         ctx.world.account.reconnect(ctx.world.server, user)
@@ -107,12 +109,18 @@ def clear(ctx: Ctx) -> None:
 Fault = Callable[[Ctx], None]
 
 
-def faults_for(backend: str) -> list[tuple[Fault, int]]:
-    """Weighted faults; a lost database connection only where it can be provoked (PostgreSQL)."""
+GOOGLE_ONLY = (rate_limited, server_errors, slow, sync_token_gone, push_dropped, push_duplicated, push_reordered)
+
+
+def faults_for(backend: str, provider: str = "google") -> list[tuple[Fault, int]]:
+    """Weighted faults; emulator faults for the emulator's provider; a lost database connection
+    only where it can be provoked (PostgreSQL)."""
     chosen: list[tuple[Fault, int]] = [
         (rate_limited, 3), (server_errors, 3), (slow, 2), (expired_cursor, 1), (sync_token_gone, 1),
         (push_dropped, 2), (push_duplicated, 2), (push_reordered, 2), (grant_revoked, 1), (worker_killed, 1),
     ]
+    if provider != "google":
+        chosen = [(fault, weight) for fault, weight in chosen if fault not in GOOGLE_ONLY]
     if backend == "postgresql":
         chosen.append((database_dropped, 2))
     return chosen

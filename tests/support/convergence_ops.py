@@ -329,5 +329,10 @@ OPERATIONS: list[tuple[Op, int]] = [
     (api_book, 6), (api_move, 3), (api_cancel, 2),
     (dav_create, 2), (dav_edit, 2), (dav_delete, 1),
     (remote_create, 4), (remote_move, 2), (remote_rename, 1), (remote_delete, 2), (remote_tamper_booking, 1),
-    (google_series, 1), (google_allday, 1), (google_tentative, 1),
 ]
+GOOGLE_OPERATIONS: list[tuple[Op, int]] = [(google_series, 1), (google_allday, 1), (google_tentative, 1)]
+
+
+def operations_for(provider: str) -> list[tuple[Op, int]]:
+    """Every side's operations; shapes only an emulator's control API can make, for its provider."""
+    return OPERATIONS + (GOOGLE_OPERATIONS if provider == "google" else [])
