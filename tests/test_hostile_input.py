@@ -28,7 +28,7 @@ from server.caldav_bridge.engine import JOB_SYNC
 from server.models import Job, RemoteCalendarRow
 from server.sandbox.google import GoogleSandbox
 from server.sandbox.graph import GraphSandbox
-from tests.support.api import Api, api_for
+from tests.support.api import api_for
 from tests.support.dav import event_ics, multistatus, propfind, report, sync_collection_body, sync_token
 from tests.support.google_env import connect_google, eventually, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
@@ -678,7 +678,7 @@ def test_nul_in_addresses_and_credentials_is_refused(server: LockstepServer) -> 
                              b"application/json")], b'{"summary": "x"}')
         assert answer.status in (400, 404), (method, answer.status)
     for credentials in [f"Bearer {name}\x00.{secret}".encode(), f"Bearer {name}.{secret}\x00".encode()]:
-        answer = raw_request(server.url, "GET", f"/api/v1/techs", [(b"Authorization", credentials)])
+        answer = raw_request(server.url, "GET", "/api/v1/techs", [(b"Authorization", credentials)])
         assert answer.status in (400, 401), answer.status
     for user_name in (user + "\x00", "\x00"):
         answer = raw_request(server.url, "PROPFIND", f"/dav/{user}/", [(b"Authorization", basic(user_name, password)),
