@@ -178,6 +178,28 @@ def test_calendar_app_event_over_a_booking_records_one_conflict(sqlite_world: Wo
     assert conflicts() == [(booked.json()["uid"], f"{tech.user}/{world.account.mirror_slug}/dentist.ics")]
 
 
+def test_tentative_invitation_over_a_booking_is_a_conflict_when_tentative_blocks(sqlite_world: World) -> None:
+    """Regression (found by seed 6011 on PostgreSQL): only 'busy' time was checked for overlaps, so
+    under a policy where tentative time blocks, a tentative invitation over a booking went unrecorded."""
+    world = sqlite_world
+    tech = world.add_tech()  # tentative_blocks is on for convergence techs
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-12T18:00:00Z",
+                                          "end": "2027-02-12T19:00:00Z", "summary": "Boiler"})
+    assert booked.status_code == 201, booked.text
+    world.account.sandbox.create_event(tech.email, {  # type: ignore[attr-defined]
+        "summary": "Vendor call (maybe)", "start": {"dateTime": "2027-02-12T18:30:00Z"},
+        "end": {"dateTime": "2027-02-12T19:30:00Z"},
+        "attendees": [{"email": tech.email, "responseStatus": "tentative"},
+                      {"email": "vendor@example.net", "organizer": True, "responseStatus": "accepted"}]})
+
+    def conflicts() -> list[str]:
+        with world.server.database.read() as session:
+            return list(session.scalars(select(Conflict.booking_uid).where(Conflict.tech == tech.user)))
+
+    eventually(conflicts, timeout=30, what="the conflict")
+    assert conflicts() == [booked.json()["uid"]]
+
+
 def _observed(**changes: Any) -> tuple[Observed, Model]:
     """Two sides that agree: booking b1 overlapped by the personal event p1 (one conflict)."""
     booking = event_ics("b1", "Job", "20270202T180000Z", "20270202T190000Z")

@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.dav.rights import BOOKINGS_CALENDAR
+from server.freebusy.index import policy_for
 from server.models import BusyInterval, Conflict, DavCollection, DavItem
 from server.notify import notify
 
@@ -16,9 +17,11 @@ def record_conflicts(session: Session, tech: str, collection: DavCollection, hre
     bookings = session.scalar(select(DavCollection).where(DavCollection.path == f"{tech}/{BOOKINGS_CALENDAR}"))
     if bookings is None:
         return 0
+    policy = policy_for(session, tech)  # tentative time blocks (and so conflicts) only if the tech says so
+    kinds = ("busy", "tentative") if policy is not None and policy.tentative_blocks else ("busy",)
     mine = session.execute(select(BusyInterval.start_utc, BusyInterval.end_utc).where(
         BusyInterval.collection_id == collection.id, BusyInterval.href == href,
-        BusyInterval.kind == "busy")).all()
+        BusyInterval.kind.in_(kinds))).all()
     found = 0
     for start, end in mine:
         overlapping = session.execute(
