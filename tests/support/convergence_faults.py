@@ -7,6 +7,7 @@ what must hold is that Lockstep converges once they do. Google-only faults
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,11 +72,18 @@ def grant_revoked(ctx: Ctx) -> None:
 
 
 def worker_killed(ctx: Ctx) -> None:
-    """SIGKILL the worker while it is likely inside a job (calls are slowed to make that so),
+    """SIGKILL the worker inside a job (a sync is queued and provider calls slowed to make that so),
     then start a new one: the dead worker's leased jobs are taken over once the lease runs out."""
+    from server.sync_admin import sync_now
+    from server.techs import AdminError
+
     if ctx.world.account.provider == "google":
         _google(ctx).add_latency(1.0, 2, path=r"^/calendar/")
-    time.sleep(ctx.rng.uniform(0.1, 1.0))
+    with contextlib.suppress(AdminError):  # no calendar yet: the kill still hits whatever runs
+        sync_now(ctx.world.server.database, ctx.tech.user)
+    deadline = time.monotonic() + 3 + ctx.rng.uniform(0.1, 1.0)
+    while _running_jobs(ctx) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     running = _running_jobs(ctx)
     ctx.world.kill_worker()
     ctx.note(f"fault: worker SIGKILLed ({running} job(s) running) and restarted")
