@@ -1,6 +1,6 @@
 """``lockstep demo``: the whole system on loopback, with no Google or Microsoft account.
 
-Starts the Google (and, when present, Graph) emulators from server/sandbox/,
+Starts the Google and Microsoft Graph emulators from server/sandbox/,
 points Lockstep's provider settings at them, seeds three techs with realistic
 calendars (a weekly meeting, PTO, a tentative invitation), connects them
 through the real consent flows once the server is up, and prints where to
@@ -31,6 +31,7 @@ from server.config import Config, load_config
 from server.connections import create_consent_link
 from server.db import Database
 from server.sandbox.google import GoogleSandbox
+from server.sandbox.graph import GraphSandbox
 
 log = logging.getLogger("lockstep.demo")
 SYNC_POLL_SECONDS = 30
@@ -63,12 +64,13 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data or tempfile.mkdtemp(prefix="lockstep-demo-"))
     google = GoogleSandbox()
     google.start("127.0.0.1")
-    graph = _start_graph()
+    graph = GraphSandbox()
+    graph.start("127.0.0.1")
     port = int(args.port or 5232)
     os.environ.update(_provider_env(google, graph, port))
     config = load_config(data_dir, None)
     database = open_database(config)
-    seeded = [tech for tech in TECHS if tech.provider == "google" or graph is not None]
+    seeded = list(TECHS)
     passwords = {tech.username: _seed_tech(database, tech) for tech in seeded}
     token = techs.create_token(database, "demo-booking-" + secrets.token_hex(2), "bookings")
     admin_password = _seed_admin(database)
@@ -80,10 +82,10 @@ def run_demo(args: argparse.Namespace) -> int:
         _wait_until_up(config)
         for tech in seeded:
             try:
-                _connect(database_for(config), config, tech, google, graph)
+                _connect(database_for(config), config, tech, graph)
             except (requests.RequestException, RuntimeError, KeyError) as exc:
                 log.warning("demo: could not connect %s to %s: %s", tech.username, tech.provider, exc)
-        print(_summary(config, google, graph, seeded, passwords, f"{token.name}.{token.secret}",
+        print(_summary(config, google, seeded, passwords, f"{token.name}.{token.secret}",
                        admin_password), flush=True)
 
     threading.Thread(target=connect_and_report, name="demo-seed", daemon=True).start()
@@ -92,8 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return serve(config, serve_args)
     finally:
         google.stop()
-        if graph is not None:
-            graph.stop()
+        graph.stop()
 
 
 def database_for(config: Config) -> Database:
@@ -102,39 +103,15 @@ def database_for(config: Config) -> Database:
     return open_database(config, migrate=False)
 
 
-def _start_graph() -> Any | None:
-    """The Graph + Entra ID emulator, when this build has it."""
-    try:
-        from server.sandbox.graph import GraphSandbox
-    except ImportError:
-        return None
-    graph = GraphSandbox()
-    graph.start("127.0.0.1")
-    return graph
-
-
-def _provider_env(google: GoogleSandbox, graph: Any | None, port: int) -> dict[str, str]:
-    env = {
-        "LOCKSTEP_GOOGLE_CLIENT_ID": google.DEFAULT_CLIENT_ID,
-        "LOCKSTEP_GOOGLE_CLIENT_SECRET": google.DEFAULT_CLIENT_SECRET,
-        "LOCKSTEP_GOOGLE_AUTH_URI": google.auth_uri,
-        "LOCKSTEP_GOOGLE_TOKEN_URI": google.token_uri,
-        "LOCKSTEP_GOOGLE_REVOKE_URI": google.revoke_uri,
-        "LOCKSTEP_GOOGLE_API_ENDPOINT": google.api_endpoint,
+def _provider_env(google: GoogleSandbox, graph: GraphSandbox, port: int) -> dict[str, str]:
+    return {
+        **google.lockstep_env(),
+        **graph.lockstep_env(),
         "LOCKSTEP_SERVER_HOST": "127.0.0.1",
         "LOCKSTEP_SERVER_PORT": str(port),
         "LOCKSTEP_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "LOCKSTEP_SYNC_POLL_SECONDS": str(SYNC_POLL_SECONDS),
     }
-    if graph is not None:
-        env.update({
-            "LOCKSTEP_MICROSOFT_CLIENT_ID": graph.DEFAULT_CLIENT_ID,
-            "LOCKSTEP_MICROSOFT_CLIENT_SECRET": graph.DEFAULT_CLIENT_SECRET,
-            "LOCKSTEP_MICROSOFT_AUTHORITY": graph.authority,
-            "LOCKSTEP_MICROSOFT_GRAPH_URL": graph.graph_url,
-            "LOCKSTEP_MICROSOFT_CA_BUNDLE": graph.ca_bundle,
-        })
-    return env
 
 
 def _seed_tech(database: Database, tech: DemoTech) -> str:
@@ -226,14 +203,13 @@ def _wait_until_up(config: Config, timeout: float = 60.0) -> None:
     raise RuntimeError("the demo server did not come up")
 
 
-def _connect(database: Database, config: Config, tech: DemoTech, google: GoogleSandbox, graph: Any | None) -> None:
+def _connect(database: Database, config: Config, tech: DemoTech, graph: GraphSandbox) -> None:
     """Walk the real consent flow as the tech's browser would, approving on the emulator's page."""
     link = create_consent_link(database, config, tech.username, tech.provider)
     database.dispose()
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE would override the emulator's CA below
-    if graph is not None:
-        session.verify = graph.ca_bundle
+    session.verify = graph.ca_bundle
     consent = session.get(link, allow_redirects=False).headers["Location"]
     separator = "&" if "?" in consent else "?"
     answer = session.get(consent + separator + "sandbox_consent=approve", allow_redirects=False)
@@ -255,7 +231,7 @@ def _hidden_form(page: str) -> tuple[str, dict[str, str]]:
     return html.unescape(action.group(1)), {html.unescape(k): html.unescape(v) for k, v in fields}
 
 
-def _summary(config: Config, google: GoogleSandbox, graph: Any | None, seeded: list[DemoTech],
+def _summary(config: Config, google: GoogleSandbox, seeded: list[DemoTech],
              passwords: dict[str, str], token: str, admin_password: str) -> str:
     base = config.public_url
     first = seeded[0]
@@ -274,7 +250,5 @@ def _summary(config: Config, google: GoogleSandbox, graph: Any | None, seeded: l
                                  for t in seeded),
         f"  API token (bookings scope): {token}",
     ]
-    if graph is None:
-        lines.append("  (the Outlook emulator is not part of this build; bob is left out)")
     lines.append("  Press Ctrl-C to stop; data is in " + str(config.data_dir))
     return "\n".join(lines)

@@ -22,8 +22,6 @@ import threading
 from collections import deque
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
-
 from server.sandbox.google_events import EventsService
 from server.sandbox.google_faults import Fault, Faults
 from server.sandbox.google_http import create_app
@@ -31,15 +29,10 @@ from server.sandbox.google_listing import Listings
 from server.sandbox.google_oauth import CALENDAR_SCOPE, OAuthServer
 from server.sandbox.google_push import Notification, PushDispatcher
 from server.sandbox.google_store import Clock, SandboxConfig, Store
+from server.sandbox.serving import BackgroundServer
 
 __all__ = ["CALENDAR_SCOPE", "Fault", "GoogleSandbox", "Notification", "SandboxConfig"]
 
-
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without a log line per request."""
-
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class GoogleSandbox:
@@ -62,31 +55,20 @@ class GoogleSandbox:
         self.server_errors: list[str] = []
         self.base_url = "http://127.0.0.1"
         self.app = create_app(self)
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer("google-sandbox-http")
         self.oauth.add_client(self.DEFAULT_CLIENT_ID, self.DEFAULT_CLIENT_SECRET)
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port) from a daemon thread; returns the base URL."""
-        if self._server is not None:
+        if self._http.running:
             return self.base_url
-        self._server = make_server(host, port, self.app, threaded=True,
-                                   request_handler=_QuietHandler)
-        self.base_url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="google-sandbox-http", daemon=True)
-        self._thread.start()
+        self.base_url = f"http://{host}:{self._http.start(self.app, host, port)}"
         self.push.start()
         return self.base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._server = self._thread = None
+        self._http.stop()
         self.push.shutdown()
 
     def __enter__(self) -> GoogleSandbox:
@@ -97,6 +79,17 @@ class GoogleSandbox:
         self.stop()
 
     # --- endpoints, for configuring clients ----------------------------------------------
+    def lockstep_env(self) -> dict[str, str]:
+        """The LOCKSTEP_GOOGLE_* settings that point a Lockstep server at this emulator."""
+        return {
+            "LOCKSTEP_GOOGLE_CLIENT_ID": self.DEFAULT_CLIENT_ID,
+            "LOCKSTEP_GOOGLE_CLIENT_SECRET": self.DEFAULT_CLIENT_SECRET,
+            "LOCKSTEP_GOOGLE_AUTH_URI": self.auth_uri,
+            "LOCKSTEP_GOOGLE_TOKEN_URI": self.token_uri,
+            "LOCKSTEP_GOOGLE_REVOKE_URI": self.revoke_uri,
+            "LOCKSTEP_GOOGLE_API_ENDPOINT": self.api_endpoint,
+        }
+
     @property
     def api_endpoint(self) -> str:
         return self.base_url + "/calendar/v3/"

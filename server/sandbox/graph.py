@@ -30,7 +30,6 @@ from collections import deque
 from typing import Any
 
 import trustme
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from server.sandbox import graph_errors as errors
 from server.sandbox.graph_delta import DeltaService
@@ -41,13 +40,9 @@ from server.sandbox.graph_push import Delivery, PushService
 from server.sandbox.graph_store import Clock, GraphConfig, Store
 from server.sandbox.graph_time import parse_query_instant
 from server.sandbox.graph_view import View
+from server.sandbox.serving import BackgroundServer
 
 __all__ = ["Delivery", "GraphConfig", "GraphSandbox"]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class GraphSandbox:
@@ -80,33 +75,22 @@ class GraphSandbox:
         self._fault_lock = threading.Lock()
         self.base_url = "https://127.0.0.1"
         self.app = create_app(self)
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer("graph-sandbox-https")
         self.identity.add_client(self.DEFAULT_CLIENT_ID, self.DEFAULT_CLIENT_SECRET)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve HTTPS on ``host:port`` (0: a free port) from a daemon thread."""
-        if self._server is not None:
+        if self._http.running:
             return self.base_url
         server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ca.issue_cert(host, "127.0.0.1", "localhost", "::1").configure_cert(server_tls)
-        self._server = make_server(host, port, self.app, threaded=True,
-                                   request_handler=_QuietHandler, ssl_context=server_tls)
-        self.base_url = f"https://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="graph-sandbox-https", daemon=True)
-        self._thread.start()
+        self.base_url = f"https://{host}:{self._http.start(self.app, host, port, server_tls)}"
         self.push.start()
         return self.base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._server = self._thread = None
+        self._http.stop()
         self.push.shutdown()
 
     def __enter__(self) -> GraphSandbox:
@@ -115,6 +99,16 @@ class GraphSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def lockstep_env(self) -> dict[str, str]:
+        """The LOCKSTEP_MICROSOFT_* settings that point a Lockstep server at this emulator."""
+        return {
+            "LOCKSTEP_MICROSOFT_CLIENT_ID": self.DEFAULT_CLIENT_ID,
+            "LOCKSTEP_MICROSOFT_CLIENT_SECRET": self.DEFAULT_CLIENT_SECRET,
+            "LOCKSTEP_MICROSOFT_AUTHORITY": self.authority,
+            "LOCKSTEP_MICROSOFT_GRAPH_URL": self.graph_url,
+            "LOCKSTEP_MICROSOFT_CA_BUNDLE": self.ca_bundle,
+        }
 
     @property
     def authority(self) -> str:

@@ -12,15 +12,7 @@ from tests.support.lockstep_server import LockstepServer
 
 
 def google_env(google: GoogleSandbox, **extra: str) -> dict[str, str]:
-    return {
-        "LOCKSTEP_GOOGLE_CLIENT_ID": google.DEFAULT_CLIENT_ID,
-        "LOCKSTEP_GOOGLE_CLIENT_SECRET": google.DEFAULT_CLIENT_SECRET,
-        "LOCKSTEP_GOOGLE_AUTH_URI": google.auth_uri,
-        "LOCKSTEP_GOOGLE_TOKEN_URI": google.token_uri,
-        "LOCKSTEP_GOOGLE_REVOKE_URI": google.revoke_uri,
-        "LOCKSTEP_GOOGLE_API_ENDPOINT": google.api_endpoint,
-        **extra,
-    }
+    return {**google.lockstep_env(), **extra}
 
 
 def connect_google(server: LockstepServer, google: GoogleSandbox, user: str) -> None:

@@ -20,14 +20,7 @@ from tests.support.lockstep_server import LockstepServer
 
 
 def graph_env(graph: GraphSandbox, **extra: str) -> dict[str, str]:
-    return {
-        "LOCKSTEP_MICROSOFT_CLIENT_ID": graph.DEFAULT_CLIENT_ID,
-        "LOCKSTEP_MICROSOFT_CLIENT_SECRET": graph.DEFAULT_CLIENT_SECRET,
-        "LOCKSTEP_MICROSOFT_AUTHORITY": graph.authority,
-        "LOCKSTEP_MICROSOFT_GRAPH_URL": graph.graph_url,
-        "LOCKSTEP_MICROSOFT_CA_BUNDLE": graph.ca_bundle,
-        **extra,
-    }
+    return {**graph.lockstep_env(), **extra}
 
 
 def graph_settings(graph: GraphSandbox, **extra: Any) -> MicrosoftSettings:
