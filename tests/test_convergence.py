@@ -21,13 +21,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from server.models import Conflict, Job
+from server.caldav_bridge.engine import Bridge
+from server.models import Conflict, Connection, Job, RemoteCalendarRow, Tech
+from server.providers.base import RemoteEvent
 from server.sandbox.google import GoogleSandbox
 from tests.support.convergence import run_scenario
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
 from tests.support.convergence_ops import Booking, Model, local
 from tests.support.convergence_world import WINDOW_START, World, open_world
-from tests.support.dav import event_ics
+from tests.support.dav import event_ics, multistatus
 from tests.support.google_env import eventually
 from tests.support.lockstep_server import PG_ENV
 
@@ -198,6 +200,31 @@ def test_tentative_invitation_over_a_booking_is_a_conflict_when_tentative_blocks
 
     eventually(conflicts, timeout=30, what="the conflict")
     assert conflicts() == [booked.json()["uid"]]
+
+
+def test_pushed_calendar_app_event_listed_before_its_link_is_not_copied(sqlite_world: World) -> None:
+    """Regression (found by seed 20003 on PostgreSQL): a sync that listed our just-pushed event before
+    the push wrote its link stored a second copy of it (same UID) in the mirror."""
+    world = sqlite_world
+    tech = world.add_tech()
+    url = world.mirror_url(tech)
+    eventually(lambda: tech.dav.request("PROPFIND", url, headers={"Depth": "0"}).status_code == 207,
+               what="the mirror calendar")
+    world.account.revoke(tech.user)  # the push cannot run: the item stays unlinked
+    text = event_ics("dav-phone", "Phone", "20270205T180000Z", "20270205T183000Z")
+    assert tech.dav.put(url + "dav-phone.ics", data=text, headers={"If-None-Match": "*"}).status_code == 201
+    bridge = Bridge(world.server.database, None, None)  # type: ignore[arg-type] # only the store is used
+    with world.server.database.write([tech.user]) as session:
+        calendar = session.scalar(select(RemoteCalendarRow).join(Connection).join(Tech).where(
+            Tech.username == tech.user))
+        counts = {"created": 0, "updated": 0, "deleted": 0, "echo": 0, "reverted": 0}
+        listed = RemoteEvent("gphone", '"1"', text.replace("SUMMARY:Phone", "SUMMARY:Phone (from Google)"),
+                             lockstep_uid="dav-phone")
+        bridge._apply_one(session, calendar.id, calendar.connection_id, tech.user, listed, counts)
+    items = multistatus(tech.dav.request("PROPFIND", url, headers={"Depth": "1"}).text)
+    assert [r.href.rsplit("/", 1)[1] for r in items if r.href.endswith(".ics")] == ["dav-phone.ics"]
+    assert "Phone (from Google)" in tech.dav.get(url + "dav-phone.ics").text
+    world.account.reconnect(world.server, tech.user)
 
 
 def _observed(**changes: Any) -> tuple[Observed, Model]:

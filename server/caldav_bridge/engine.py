@@ -171,7 +171,7 @@ class Bridge:
         link = session.scalar(select(EventLink).where(
             EventLink.remote_calendar_id == calendar_id, EventLink.remote_id == event.remote_id))
         if link is None and event.lockstep_uid:
-            link = self._adopt_booking(session, calendar, event)
+            link = self._adopt_booking(session, calendar, event) or self._adopt_pushed(session, calendar, event)
         if link is not None and link.origin == mirror.ORIGIN_LOCAL:
             if event.deleted or not mirror.is_echo(link, event.etag):
                 self._revert_booking(session, tech, link, event)
@@ -215,6 +215,20 @@ class Bridge:
                 link = EventLink(remote_calendar_id=calendar.id, remote_id=event.remote_id,
                                  remote_etag=event.etag, local_path=collection.path, local_href=item.href,
                                  local_uid=item.uid, local_etag=item.etag, origin=mirror.ORIGIN_LOCAL)
+                session.add(link)
+                session.flush()
+                return link
+        return None
+
+    def _adopt_pushed(self, session: Any, calendar: RemoteCalendarRow, event: RemoteEvent) -> EventLink | None:
+        """A calendar-app event of this mirror that we pushed, listed before the push recorded its
+        link: link the item it came from (then updated like any mirrored event), don't copy it."""
+        local = store.get_collection(session, calendar.local_path) if calendar.local_path else None
+        for item in store.items_by_uid(session, event.lockstep_uid or "") if local is not None else []:
+            if item.collection_id == local.id:
+                link = EventLink(remote_calendar_id=calendar.id, remote_id=event.remote_id, remote_etag="",
+                                 local_path=local.path, local_href=item.href, local_uid=item.uid,
+                                 local_etag=item.etag, origin=mirror.ORIGIN_REMOTE)
                 session.add(link)
                 session.flush()
                 return link
