@@ -164,7 +164,8 @@ def observe(ctx: Ctx, first_job: int) -> Observed:
     start, end = world.window
     return Observed(
         tech=tech.user, email=tech.email, window=world.window, items=_dav_items(ctx),
-        remote=_remote_events(ctx), remote_instances=_google_instances(ctx, start, end), api_busy=_api_busy(ctx, start, end),
+        remote=_remote_events(ctx), remote_instances=_google_instances(ctx, start, end),
+        api_busy=_api_busy(ctx, start, end),
         conflicts=_conflicts(ctx), jobs=_jobs(world, first_job), mirror_slug=world.account.mirror_slug)
 
 

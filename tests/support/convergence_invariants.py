@@ -238,7 +238,8 @@ def no_duplicates(seen: Observed, model: Model) -> list[str]:
     remote = [e for e in seen.remote if not e.get("recurringEventId")]
     for uid, count in sorted(Counter(_remote_uid(e) for e in remote).items()):
         if count > 1:
-            problems.append(f"UID {uid} is {count} events remotely: {[e['id'] for e in remote if _remote_uid(e) == uid]}")
+            ids = [e["id"] for e in remote if _remote_uid(e) == uid]
+            problems.append(f"UID {uid} is {count} events remotely: {ids}")
     mirror = {i.uid: i for i in seen.items if i.calendar == seen.mirror_calendar}
     personal = {_remote_uid(e): e for e in remote if _remote_uid(e) not in model.ever_booked}
     for uid in sorted(set(mirror) - set(personal)):
