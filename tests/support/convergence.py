@@ -126,6 +126,7 @@ def quiesce(ctx: Ctx, first_job: int) -> Observed:
         snapshot = _snapshot(seen)
         busy = _busy_jobs(world)
         if not busy and snapshot == previous:
+            seen.jobs = _settled_jobs(world, first_job)
             return seen
         if time.monotonic() > deadline:
             raise AssertionError(f"no quiescence within {QUIESCENCE_TIMEOUT:.0f}s: jobs still due or running "
@@ -147,6 +148,18 @@ def _busy_jobs(world: World) -> list[str]:
             Job.state.in_([jobs.READY, jobs.RUNNING]))).all()
     return [f"{i} {kind} {state}" for i, kind, state, run_at in rows
             if not (kind == "renew_watch" and state == jobs.READY and _aware(run_at) > soon)]
+
+
+def _settled_jobs(world: World, first_job: int, wait: float = 10.0) -> list[dict[str, Any]]:
+    """The scenario's jobs once none is in flight. The poll timer keeps starting short syncs, so a
+    read can catch one running: a stuck job is one still there after ``wait`` seconds of reads."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = _jobs(world, first_job)
+        if time.monotonic() > deadline or not any(
+                job["state"] in (jobs.READY, jobs.RUNNING) and not job["future_watch"] for job in found):
+            return found
+        time.sleep(0.2)
 
 
 def _aware(moment: datetime) -> datetime:
