@@ -14,5 +14,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/lockstep serve
 
+# Four workers on any machine: most test time is waiting on servers and sync polls, not CPU.
+# Each file stays on one worker, so a module's server and emulators start once.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadfile

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create a credential for booking software")
     create.add_argument("name")
     create.add_argument("--scope", choices=("freebusy", "bookings"), default="freebusy")
+    revoke = token.add_parser("revoke", help="delete a credential; it stops working at once")
+    revoke.add_argument("name")
 
     admin = commands.add_parser("admin", help="admin panel users").add_subparsers(dest="action", required=True)
     admin_create = admin.add_parser("create", help="create a panel user; the password is prompted for "
@@ -227,6 +229,9 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
         print(f"CalDAV Basic auth: user name {credential.name}, password {credential.secret}")
         print("HTTP API: Authorization: Bearer <the token on the next line>")
         print(f"{credential.name}.{credential.secret}")
+    elif args.command == "token" and args.action == "revoke":
+        techs.revoke_token(database, args.name)
+        print(f"Revoked token {args.name}.")
     elif args.command == "admin" and args.action == "create":
         from admin.cli import create_admin_user
 

@@ -196,3 +196,13 @@ def create_token(database: Database, name: str, scope: str) -> NewCredential:
             raise AdminError(f"the name {name!r} is already taken by a tech or a token")
         session.add(ApiToken(name=name, scope=scope, secret_hash=hash_password(secret)))
     return NewCredential(name, secret)
+
+
+def revoke_token(database: Database, name: str) -> None:
+    """Delete the credential: the next request with it fails, on every node (the verifier's
+    memory is keyed by the stored hash, which is gone)."""
+    with database.write([name]) as session:
+        token = session.scalar(select(ApiToken).where(ApiToken.name == name))
+        if token is None:
+            raise AdminError(f"no API token named {name!r}")
+        session.delete(token)

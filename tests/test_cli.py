@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 import requests
 
@@ -72,3 +73,14 @@ def test_refusals_say_what_is_wrong(server: LockstepServer) -> None:
     user, _ = server.add_tech()
     duplicate = server.cli("tech", "add", user, "--name", "x", "--email", "x@example.com", "--tz", "UTC", check=False)
     assert duplicate.returncode == 1 and "already taken" in duplicate.stderr
+
+
+def test_token_create_then_revoke_stops_it_at_once(server: LockstepServer) -> None:
+    name = "app" + secrets.token_hex(3)
+    bearer = server.cli("token", "create", name, "--scope", "freebusy").stdout.strip().splitlines()[-1]
+    health = f"{server.url}/api/v1/techs"
+    assert requests.get(health, headers={"Authorization": f"Bearer {bearer}"}).status_code == 200
+    assert f"Revoked token {name}" in server.cli("token", "revoke", name).stdout
+    assert requests.get(health, headers={"Authorization": f"Bearer {bearer}"}).status_code == 401
+    again = server.cli("token", "revoke", name, check=False)
+    assert again.returncode == 1 and "no API token named" in again.stderr

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert
 
-from admin.tokens import revoke_token
+from server.techs import revoke_token
 from server.db import Database
 from server.freebusy import index as busy_index
 from server.freebusy.epochs import ical_utc, merge_rows, rfc3339

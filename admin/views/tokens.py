@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, request, url_for
 from sqlalchemy import select
 
-from admin import tokens as token_service
 from admin.panel import Panel, page
 from admin.web_session import login_required
 from server import techs as tech_service
@@ -41,7 +40,7 @@ def register(bp: Blueprint, panel: Panel) -> None:
     @login_required
     def token_revoke(name: str):  # type: ignore[no-untyped-def]
         try:
-            token_service.revoke_token(panel.database, name)
+            tech_service.revoke_token(panel.database, name)
         except AdminError as exc:
             return show(404, error=str(exc))
         panel.audit("token.revoke", name)
