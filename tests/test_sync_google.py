@@ -8,7 +8,13 @@ import pytest
 import requests
 from sqlalchemy import select
 
+import json
+import secrets
+
+from server.models import Job, Notification, RemoteCalendarRow
+from server.providers.google_write import event_id_for
 from server.sandbox.google import GoogleSandbox
+from tests.support.dav import event_ics
 from tests.support.api import Api, api_for
 from tests.support.google_env import connect_google, eventually, google_env
 from tests.support.lockstep_server import LockstepServer, running_server
@@ -155,3 +161,36 @@ def test_disconnect_stops_channels_and_removes_mirrors(server: LockstepServer, a
     assert _busy(api, user) == []
     again = server.cli("disconnect", "google", user, check=False)
     assert again.returncode == 1 and "no google connection" in again.stderr
+
+
+def test_cancelled_booking_goes_out_once_and_is_not_restored(server: LockstepServer, google: GoogleSandbox,
+                                                             connected: tuple[str, str]) -> None:
+    """A job a calendar app marked STATUS:CANCELLED in the bookings calendar goes to Google as
+    cancelled, which Google then lists as deleted. That agrees with the booking: it must not be
+    "restored" (pushed, reverted and notified again at every sync; found by bench/load.py)."""
+    user, password = connected
+    uid = "called-off-" + secrets.token_hex(4)
+    text = event_ics(uid, "Called off", "20261203T170000Z", "20261203T180000Z").replace(
+        "END:VEVENT", "STATUS:CANCELLED\r\nEND:VEVENT")
+    put = requests.put(f"{server.dav_url}{user}/bookings/{uid}.ics", data=text.encode(), auth=(user, password),
+                       headers={"Content-Type": "text/calendar; charset=utf-8"})
+    assert put.status_code == 201, put.text
+    email = f"{user}@example.com"
+    eventually(lambda: (google.get_event(email, event_id_for(uid)) or {}).get("status") == "cancelled",
+               what="the cancelled booking in Google")
+    with server.database.read() as session:
+        calendar = session.scalar(select(RemoteCalendarRow.id).where(RemoteCalendarRow.local_path == f"{user}/google-primary"))
+
+    def syncs_done() -> int:
+        with server.database.read() as session:
+            payloads = session.scalars(select(Job.payload).where(Job.kind == "sync_calendar", Job.state == "done")).all()
+        return sum(1 for p in payloads if json.loads(p).get("calendar") == calendar)
+
+    seen = syncs_done()
+    # Two more syncs (pushes and the 3 s poll): with the bug, the first already restored it.
+    eventually(lambda: syncs_done() >= seen + 2, timeout=30, what="two syncs after the push")
+    with server.database.read() as session:
+        messages = session.scalars(select(Notification.message).where(
+            Notification.tech == user, Notification.kind == "booking_reverted")).all()
+    assert not [m for m in messages if uid in m]
+    assert (google.get_event(email, event_id_for(uid)) or {}).get("status") == "cancelled"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import icalendar
 from sqlalchemy import delete, select
 
 from server import jobs
@@ -173,7 +174,9 @@ class Bridge:
         if link is None and event.lockstep_uid:
             link = self._adopt_booking(session, calendar, event) or self._adopt_pushed(session, calendar, event)
         if link is not None and link.origin == mirror.ORIGIN_LOCAL:
-            if event.deleted or not mirror.is_echo(link, event.etag):
+            if event.deleted and _cancelled_locally(session, link):
+                counts["echo"] += 1  # a cancelled booking pushed: Google lists it as deleted
+            elif event.deleted or not mirror.is_echo(link, event.etag):
                 self._revert_booking(session, tech, link, event)
                 counts["reverted"] += 1
             else:
@@ -254,7 +257,7 @@ class Bridge:
                 EventLink.remote_calendar_id == calendar_id, EventLink.origin == mirror.ORIGIN_LOCAL,
                 EventLink.updated_at < listed_from)).all()
             for link in ours:
-                if link.remote_id not in seen:
+                if link.remote_id not in seen and not _cancelled_locally(session, link):
                     self._revert_booking(session, tech, link, RemoteEvent(link.remote_id))
                     counts["reverted"] += 1
             links = session.scalars(select(EventLink).where(
@@ -503,3 +506,18 @@ class Bridge:
                 query = query.where(Connection.provider.not_in(list(others_than)))
             ids = session.scalars(query).all()
             return sum(1 for i in ids if jobs.enqueue(session, JOB_SYNC, {"calendar": i}, dedupe_key=f"sync:{i}"))
+
+
+def _cancelled_locally(session: Any, link: EventLink) -> bool:
+    """Is the linked booking itself cancelled (every master VEVENT STATUS:CANCELLED)? Then a
+    remote deletion agrees with it: Google keeps no cancelled event in its listing and reports
+    our push of one as deleted, and restoring it would push, revert and notify forever."""
+    collection = store.get_collection(session, link.local_path)
+    items = store.get_items(session, collection.id, [link.local_href]) if collection is not None else []
+    if not items:
+        return False
+    try:
+        masters = [c for c in icalendar.Calendar.from_ical(items[0].text).walk("VEVENT") if "RECURRENCE-ID" not in c]
+    except ValueError:
+        return False
+    return bool(masters) and all(str(c.get("STATUS", "")).upper() == "CANCELLED" for c in masters)
