@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from server.caldav_bridge.engine import Bridge
-from server.models import Conflict, Connection, Job, RemoteCalendarRow, Tech
+from server.models import Conflict, Connection, EventLink, Job, RemoteCalendarRow, Tech
 from server.providers.base import RemoteEvent
 from server.sandbox.google import GoogleSandbox
 from tests.support.convergence import run_scenario
@@ -224,6 +224,36 @@ def test_pushed_calendar_app_event_listed_before_its_link_is_not_copied(sqlite_w
     items = multistatus(tech.dav.request("PROPFIND", url, headers={"Depth": "1"}).text)
     assert [r.href.rsplit("/", 1)[1] for r in items if r.href.endswith(".ics")] == ["dav-phone.ics"]
     assert "Phone (from Google)" in tech.dav.get(url + "dav-phone.ics").text
+    world.account.reconnect(world.server, tech.user)
+
+
+def test_cancelled_booking_listed_before_its_link_is_deleted_not_mirrored(sqlite_world: World) -> None:
+    """Regression (found by seed 10121): a booking created and cancelled at once, listed by a sync
+    before its create's push had linked it, was copied into the mirror and stayed in Google."""
+    world = sqlite_world
+    tech = world.add_tech()
+    url = world.mirror_url(tech)
+    eventually(lambda: tech.dav.request("PROPFIND", url, headers={"Depth": "0"}).status_code == 207,
+               what="the mirror calendar")
+    world.account.revoke(tech.user)  # no push runs: nothing links the booking
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-15T18:00:00Z",
+                                          "end": "2027-02-15T19:00:00Z", "summary": "Boiler"})
+    uid = booked.json()["uid"]
+    assert world.api.delete(f"/bookings/{uid}").status_code == 204
+    bridge = Bridge(world.server.database, None, None)  # type: ignore[arg-type] # only the store is used
+    with world.server.database.write([tech.user]) as session:
+        calendar = session.scalar(select(RemoteCalendarRow).join(Connection).join(Tech).where(
+            Tech.username == tech.user))
+        counts = {"created": 0, "updated": 0, "deleted": 0, "echo": 0, "reverted": 0}
+        listed = RemoteEvent("gbooking", '"1"', event_ics(uid, "Boiler", "20270215T180000Z", "20270215T190000Z"),
+                             lockstep_uid=uid)
+        bridge._apply_one(session, calendar.id, calendar.connection_id, tech.user, listed, counts)
+        link = session.scalar(select(EventLink).where(EventLink.remote_id == "gbooking"))
+        assert (link.local_path, link.origin) == (f"{tech.user}/bookings", "local")
+        assert session.scalar(select(Job.id).where(Job.kind == "push_item", Job.state == "ready",
+                                                   Job.payload.contains(uid))) is not None
+    items = multistatus(tech.dav.request("PROPFIND", url, headers={"Depth": "1"}).text)
+    assert [r.href for r in items if r.href.endswith(".ics")] == []
     world.account.reconnect(world.server, tech.user)
 
 

@@ -172,7 +172,8 @@ class Bridge:
         link = session.scalar(select(EventLink).where(
             EventLink.remote_calendar_id == calendar_id, EventLink.remote_id == event.remote_id))
         if link is None and event.lockstep_uid:
-            link = self._adopt_booking(session, calendar, event) or self._adopt_pushed(session, calendar, event)
+            link = (self._adopt_booking(session, calendar, event) or self._adopt_pushed(session, calendar, event)
+                    or self._adopt_cancelled_booking(session, calendar, tech, event))
         if link is not None and link.origin == mirror.ORIGIN_LOCAL:
             if event.deleted and _cancelled_locally(session, link):
                 counts["echo"] += 1  # a cancelled booking pushed: Google lists it as deleted
@@ -236,6 +237,24 @@ class Bridge:
                 session.flush()
                 return link
         return None
+
+    def _adopt_cancelled_booking(self, session: Any, calendar: RemoteCalendarRow, tech: str,
+                                 event: RemoteEvent) -> EventLink | None:
+        """Our booking, cancelled before its creation's push had linked it: link it to the booking's
+        old place so that its deletion goes out (a copy in the mirror would outlive the booking)."""
+        path = f"{tech}/{BOOKINGS_CALENDAR}"
+        href = session.scalar(select(DavChange.href).where(
+            DavChange.collection_path == path, DavChange.uid == event.lockstep_uid)
+            .order_by(DavChange.id.desc()).limit(1))
+        if href is None:
+            return None
+        link = EventLink(remote_calendar_id=calendar.id, remote_id=event.remote_id, remote_etag=event.etag,
+                         local_path=path, local_href=href, local_uid=event.lockstep_uid or "",
+                         origin=mirror.ORIGIN_LOCAL)
+        session.add(link)
+        session.flush()
+        jobs.enqueue(session, JOB_PUSH, {"path": path, "href": href}, dedupe_key=f"push:{path}/{href}")
+        return link
 
     def _revert_booking(self, session: Any, tech: str, link: EventLink, event: RemoteEvent) -> None:
         """The booking is the truth: push our version back and tell the tech and dispatcher."""
