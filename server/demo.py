@@ -85,6 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 _connect(database_for(config), config, tech, graph)
             except (requests.RequestException, RuntimeError, KeyError) as exc:
                 log.warning("demo: could not connect %s to %s: %s", tech.username, tech.provider, exc)
+        _wait_until_watched(database_for(config), len(seeded))
         print(_summary(config, google, seeded, passwords, f"{token.name}.{token.secret}",
                        admin_password), flush=True)
 
@@ -201,6 +202,28 @@ def _wait_until_up(config: Config, timeout: float = 60.0) -> None:
             pass
         threading.Event().wait(0.2)
     raise RuntimeError("the demo server did not come up")
+
+
+def _wait_until_watched(database: Database, connections: int, timeout: float = 60.0) -> None:
+    """Until every connection's calendars are imported and have a push channel, so that a
+    change a visitor makes right after the summary shows up at once, not a poll later."""
+    from sqlalchemy import func, select
+
+    from server.models import Connection, RemoteCalendarRow
+
+    deadline = datetime.now() + timedelta(seconds=timeout)
+    while datetime.now() < deadline:
+        with database.read() as session:
+            ready = session.scalar(select(func.count(func.distinct(Connection.id))).join(
+                RemoteCalendarRow, RemoteCalendarRow.connection_id == Connection.id).where(
+                RemoteCalendarRow.selected.is_(True), RemoteCalendarRow.cursor != "",
+                RemoteCalendarRow.watch_channel != ""))
+        if ready and ready >= connections:
+            break
+        threading.Event().wait(0.3)
+    else:
+        log.warning("demo: not every calendar has a push channel yet; changes may wait for a poll")
+    database.dispose()
 
 
 def _connect(database: Database, config: Config, tech: DemoTech, graph: GraphSandbox) -> None:

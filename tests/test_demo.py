@@ -83,7 +83,7 @@ def test_personal_event_added_on_the_google_page_removes_the_slot(demo: Demo) ->
     added = requests.post(page, data={"summary": "Dentist", "day": day.isoformat(), "start": "10:00",
                                       "end": "11:00"}, timeout=10)
     assert added.status_code == 200 and "Dentist" in added.text
-    eventually(lambda: ten not in slot_starts(), timeout=20, what="the 10:00 slot to disappear")
+    eventually(lambda: ten not in slot_starts(), timeout=40, what="the 10:00 slot to disappear")
 
 
 @pytest.mark.parametrize("user,zone,provider", [("alice", "America/New_York", "google"),

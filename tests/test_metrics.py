@@ -113,14 +113,17 @@ def test_a_rate_limited_sync_counts_a_provider_error(server: LockstepServer, goo
     before = scrape(server)
     google.rate_limit(1)
     sync_now(server.database, user)
+
+    def retries(samples: Samples) -> float:
+        return sum(v for (name, lbl), v in samples.items()
+                   if name == "lockstep_jobs_run_total" and ("outcome", "retry") in lbl)
+
+    # The worker counts the provider error, then the job's outcome: wait until both are visible.
     after = eventually(lambda: (s := scrape(server)) and value(s, "lockstep_provider_errors_total", **labels) > value(
-        before, "lockstep_provider_errors_total", **labels) and s, what="the provider error counted")
+        before, "lockstep_provider_errors_total", **labels) and retries(s) > retries(before) and s,
+        what="the provider error and the retried job counted")
     assert value(after, "lockstep_provider_errors_total", **labels) == value(
         before, "lockstep_provider_errors_total", **labels) + 1
-    retried = sum(v for (name, lbl), v in after.items()
-                  if name == "lockstep_jobs_run_total" and ("outcome", "retry") in lbl)
-    assert retried > sum(v for (name, lbl), v in before.items()
-                         if name == "lockstep_jobs_run_total" and ("outcome", "retry") in lbl)
 
 
 def test_healthz_answers_when_the_database_does(server: LockstepServer) -> None:

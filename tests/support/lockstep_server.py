@@ -123,7 +123,7 @@ class LockstepServer:
              "--port", str(self.port), *extra_args],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # generous: CI runs four workers on two cores
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lockstep serve exited:\n{self.log_file.read_text()}")
