@@ -126,7 +126,7 @@ class BusyInterval(Base):
 
     __tablename__ = "busy_intervals"
     __table_args__ = (
-        Index("ix_busy_tech_start", "tech", "start_utc"),
+        Index("ix_busy_tech_span", "tech", "start_utc", "end_utc", "kind"),  # covers the range scan
         Index("ix_busy_item", "collection_id", "href"),
     )
 
