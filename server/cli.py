@@ -210,7 +210,7 @@ def _run_admin(config: Config, args: argparse.Namespace) -> int:
 
         statuses = sync_status(database)
         if not statuses:
-            print("No connections yet. Connect one with: lockstep connect google USER")
+            print("No connections yet. Connect one with: lockstep connect google|microsoft|caldav USER")
         for status in statuses:
             lag = "never" if status.lag_seconds is None else f"{status.lag_seconds:.0f}s ago"
             print(f"{status.tech:<16} {status.provider:<10} {status.state:<13} last success {lag:<12} "

@@ -61,7 +61,7 @@ def sync_now(database: Database, username: str) -> int:
             Connection, Connection.id == RemoteCalendarRow.connection_id).where(
             Connection.tech_id == tech.id, RemoteCalendarRow.selected.is_(True))).all()
         if not rows:
-            raise AdminError(f"{username} has no connected calendars; run: lockstep connect google {username}")
+            raise AdminError(f"{username} has no connected calendars; run: lockstep connect google|microsoft|caldav {username}")
         return sum(1 for i in rows if jobs.enqueue(session, JOB_SYNC, {"calendar": i}, dedupe_key=f"sync:{i}")
                    is not None)
 
