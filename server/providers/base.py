@@ -11,7 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 
@@ -22,6 +23,24 @@ class ProviderError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+
+
+def retry_after_of(headers: Any) -> float | None:
+    """A response's Retry-After as seconds (delta-seconds or an HTTP date); None when absent.
+
+    Takes any mapping of headers: httplib2 lower-cases names, requests matches any case."""
+    raw = (headers.get("Retry-After") or headers.get("retry-after")) if headers is not None else None
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 class AuthorizationLost(ProviderError):

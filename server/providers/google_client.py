@@ -14,7 +14,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import google.oauth2.credentials
@@ -25,7 +24,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from server.providers.base import (
-    AuthorizationLost, CursorExpired, Credentials, PreconditionFailed, ProviderError,
+    AuthorizationLost, CursorExpired, Credentials, PreconditionFailed, ProviderError, retry_after_of,
 )
 
 log = logging.getLogger(__name__)
@@ -84,22 +83,6 @@ def http_reason(exc: HttpError) -> tuple[str, str]:
         return str(reason), str(error.get("message", ""))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return "", ""
-
-
-def retry_after_of(headers: Any) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date)."""
-    raw = headers.get("retry-after") if headers is not None else None
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def translate_http(exc: HttpError, what: str) -> ProviderError:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 from typing import Any
 
 import msal
 import requests
 
-from server.providers.base import AuthorizationLost, Credentials, PreconditionFailed, ProviderError
+from server.providers.base import (
+    AuthorizationLost, Credentials, PreconditionFailed, ProviderError, retry_after_of,
+)
 from server.providers.oauth_microsoft import SCOPES, MicrosoftSettings, http_session, msal_app
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,6 @@ class GraphApiError(ProviderError):
         super().__init__(message, permanent=permanent, retry_after=retry_after)
         self.status = status
         self.code = code
-
-
-def retry_after_of(headers: Any) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date)."""
-    raw = headers.get("Retry-After") if headers is not None else None
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def error_of(response: requests.Response) -> tuple[str, str]:
