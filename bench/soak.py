@@ -1,6 +1,6 @@
 """Convergence soak: many seeded scenarios of operations and faults, each checked after quiescence.
 
-    .venv/bin/python bench/soak.py --scenarios 1000 [--seed S] [--providers google]
+    .venv/bin/python bench/soak.py --scenarios 1000 [--seed S] [--providers google,microsoft]
         [--backends sqlite,postgresql] [--restart-every 100] [--json FILE]
 
 Seeds are S, S+1, ... (S defaults to one derived from the clock, printed

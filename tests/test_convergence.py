@@ -27,6 +27,7 @@ from server.providers.base import RemoteEvent
 from server.sandbox.google import GoogleSandbox
 from tests.support.convergence import run_scenario
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
+from tests.support.convergence_observers import GoogleObserver
 from tests.support.convergence_ops import Booking, Model, local
 from tests.support.convergence_world import WINDOW_START, World, open_world
 from tests.support.dav import event_ics, multistatus
@@ -261,15 +262,18 @@ def _observed(**changes: Any) -> tuple[Observed, Model]:
     """Two sides that agree: booking b1 overlapped by the personal event p1 (one conflict)."""
     booking = event_ics("b1", "Job", "20270202T180000Z", "20270202T190000Z")
     gym = event_ics("p1", "Gym", "20270202T183000Z", "20270202T193000Z")
-    remote = [{"id": "lockstepb1", "summary": "Job", "extendedProperties": {"private": {"lockstepUid": "b1"}},
+    google = GoogleObserver(GoogleSandbox())  # its event shapes only: nothing is started or read
+    events = [{"id": "lockstepb1", "summary": "Job", "extendedProperties": {"private": {"lockstepUid": "b1"}},
                "start": {"dateTime": "2027-02-02T18:00:00Z"}, "end": {"dateTime": "2027-02-02T19:00:00Z"}},
               {"id": "g1", "iCalUID": "p1", "summary": "Gym",
                "start": {"dateTime": "2027-02-02T18:30:00Z"}, "end": {"dateTime": "2027-02-02T19:30:00Z"}}]
+    remote = [google.item(e) for e in events]
+    specs = [spec for spec in map(google.to_spec, events) if spec]
     at = datetime(2027, 2, 2, 18, tzinfo=timezone.utc)
     seen = Observed(tech="mike", email="mike@example.com", window=(WINDOW_START, WINDOW_START + timedelta(days=35)),
                     items=[Item("mike/bookings", "b1.ics", "b1", '"1"', booking),
                            Item("mike/google-primary", "r1.ics", "p1", '"2"', gym)],
-                    remote=remote, remote_instances=remote, api_busy=[(at, at + timedelta(minutes=90))],
+                    remote=remote, remote_specs=specs, api_busy=[(at, at + timedelta(minutes=90))],
                     conflicts=[("b1", "mike/google-primary/r1.ics")], jobs=[], mirror_slug="google-primary")
     model = Model(bookings={"b1": Booking("b1", at, at + timedelta(hours=1), "Job")}, ever_booked={"b1"})
     for name, value in changes.items():
@@ -286,13 +290,13 @@ def test_invariants_hold_for_agreeing_sides_and_name_each_difference() -> None:
     assert _broken(seen, model) == []
     seen, model = _observed()
     assert any("booking b1 is 0 time(s) in the provider" in p for p in _broken(
-        *_observed(remote=seen.remote[1:], remote_instances=seen.remote[1:])))
+        *_observed(remote=seen.remote[1:], remote_specs=seen.remote_specs[1:])))
     assert any(p.startswith("busy_time_equal: API busy") for p in _broken(*_observed(api_busy=[])))
     assert any("no conflict is recorded" in p for p in _broken(*_observed(conflicts=[])))
     assert any("recorded 2 times" in p for p in _broken(*_observed(conflicts=seen.conflicts * 2)))
     assert any("UID p1 stored 2 times" in p for p in _broken(*_observed(items=[*seen.items, replace(
         seen.items[1], calendar="mike/bookings", href="p1.ics")])))
-    renamed = [seen.remote[0], {**seen.remote[1], "summary": "Gym (late)"}]
+    renamed = [seen.remote[0], replace(seen.remote[1], summary="Gym (late)")]
     assert any("provider says 'Gym (late)'" in p for p in _broken(*_observed(remote=renamed)))
     stuck = [{"id": 9, "kind": "push_item", "state": "ready", "attempts": 3, "last_error": "503",
               "future_watch": False}]

@@ -663,3 +663,50 @@ def test_throttling_answers_429_with_retry_after(graph: GraphSandbox,
     graph.server_error(count=1, status=503)
     assert api("GET", "/me/calendars").status_code == 503
     assert api("GET", "/me/calendars").status_code == 200
+
+
+def test_injected_latency_slows_the_next_calls_only(graph: GraphSandbox,
+                                                    session: requests.Session) -> None:
+    _, api = new_user(graph, session)
+    graph.add_latency(0.4, count=1, path=r"/calendars$")
+    began = time.monotonic()
+    assert api("GET", "/me/calendars").status_code == 200
+    assert time.monotonic() - began >= 0.4
+    began = time.monotonic()
+    assert api("GET", "/me/calendars").status_code == 200
+    assert time.monotonic() - began < 0.4
+
+
+def test_change_notifications_dropped_duplicated_and_reordered(
+        graph: GraphSandbox, session: requests.Session, receiver: Receiver) -> None:
+    """Graph promises neither delivery nor order; the convergence runner makes that happen."""
+    email, api = new_user(graph, session)
+    hook = f"/misdelivered/{next(_ids)}"
+    api("POST", "/subscriptions", json={
+        "changeType": "created", "resource": "me/events", "notificationUrl": receiver.url + hook,
+        "expirationDateTime": expiry(30)})
+    made: list[str] = []
+
+    def create(day: int) -> None:
+        made.append(graph.create_event(email, None, timed(f"2026-09-{day:02d}", "09:00", "10:00"))["id"])
+
+    try:
+        graph.misdeliver_notifications(drop=1)
+        create(1)  # lost
+        graph.misdeliver_notifications(duplicate=1)
+        create(2)  # twice
+        receiver.wait(hook, 2)
+        graph.misdeliver_notifications(reorder=2)
+        create(3)  # 3 and 4: held, then newest first
+        create(4)
+        receiver.wait(hook, 4)
+        graph.misdeliver_notifications(reorder=3)
+        create(5)  # held until the faults are cleared
+        time.sleep(0.3)
+        assert len(receiver.items(hook)) == 4
+    finally:
+        graph.clear_notification_faults()
+    got = [i["resourceData"]["id"] for i in receiver.wait(hook, 5)]
+    assert got == [made[1], made[1], made[3], made[2], made[4]]
+    assert any(d.error == "dropped by an injected fault" for d in graph.deliveries()
+               if d.item.get("resourceData", {}).get("id") == made[0])

@@ -206,7 +206,7 @@ class GoogleSandbox:
 
     def misdeliver_notifications(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
         """Push messages go astray: the next ``drop`` are lost, ``duplicate`` sent twice,
-        ``reorder`` held back and sent newest first (google_push.DeliveryFaults)."""
+        ``reorder`` held back and sent newest first (push_faults.DeliveryFaults)."""
         self.push.misdeliver(drop=drop, duplicate=duplicate, reorder=reorder)
 
     def clear_notification_faults(self) -> None:

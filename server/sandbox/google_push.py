@@ -10,7 +10,6 @@ unless ``allow_remote_webhooks`` is set.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import http.client
 import ipaddress
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlsplit
 
 from server.sandbox import google_errors as errors
 from server.sandbox.google_store import Store
+from server.sandbox.push_faults import Misdelivery
 
 
 @dataclass
@@ -85,37 +85,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-@dataclass
-class DeliveryFaults:
-    """Misbehaviour of the delivery pipe, for convergence tests (Google promises none of
-    order, exactly-once or delivery at all): the next ``drop`` messages are lost, the next
-    ``duplicate`` are sent twice, the next ``reorder`` are held back and then sent newest first."""
-
-    drop: int = 0
-    duplicate: int = 0
-    reorder: int = 0
-    held: list[Notification] = field(default_factory=list)
-
-    def route(self, note: Notification) -> list[Notification]:
-        """What to deliver now in place of ``note`` (nothing, it twice, or held ones reversed)."""
-        if self.drop > 0:
-            self.drop -= 1
-            note.error = "dropped by an injected fault"
-            return []
-        if self.reorder > 0:
-            self.reorder -= 1
-            self.held.append(note)
-            if self.reorder > 0:
-                return []
-            released, self.held = list(reversed(self.held)), []
-            return released
-        if self.duplicate > 0:
-            self.duplicate -= 1
-            twin = dataclasses.replace(note, headers=dict(note.headers))
-            return [note, twin]
-        return [note]
-
-
 class PushDispatcher:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -124,24 +93,16 @@ class PushDispatcher:
         self._queue: queue.Queue[Notification | None] = queue.Queue()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.delivery_faults = DeliveryFaults()
-        self._faults_lock = threading.Lock()
+        self.misdelivery: Misdelivery[Notification] = Misdelivery()
 
     def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
-        """Drop, duplicate or reorder the next messages (see :class:`DeliveryFaults`)."""
-        with self._faults_lock:
-            faults = self.delivery_faults
-            faults.drop += drop
-            faults.duplicate += duplicate
-            faults.reorder += reorder
+        """Drop, duplicate or reorder the next messages (see push_faults.DeliveryFaults)."""
+        self.misdelivery.add(drop=drop, duplicate=duplicate, reorder=reorder)
 
     def clear_delivery_faults(self) -> None:
         """Back to faithful delivery; messages held for reordering are sent now (newest first)."""
-        with self._faults_lock:
-            held = list(reversed(self.delivery_faults.held))
-            self.delivery_faults = DeliveryFaults()
-        for note in held:
-            self._queue.put(dataclasses.replace(note, error=None))
+        for note in self.misdelivery.clear():
+            self._queue.put(note)
 
     # --- API ---------------------------------------------------------------------
     def watch(self, user: str, calendar_id: str, body: Any, base_url: str) -> dict[str, Any]:
@@ -243,11 +204,7 @@ class PushDispatcher:
             if note.resource_state == "sync":
                 time.sleep(max(0.0, note.queued_at + self.store.config.push_sync_delay
                                - time.time()))
-            with self._faults_lock:
-                routed = self.delivery_faults.route(note) if note.error is None else [note]
-            if not routed and note.error is not None:
-                routed = [note]  # dropped: recorded, not sent
-            for each in routed:
+            for each in self.misdelivery.route(note) if note.error is None else [note]:
                 self._process(each)
 
     def _process(self, note: Notification) -> None:

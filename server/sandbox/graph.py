@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import ssl
 import tempfile
 import threading
@@ -72,6 +73,7 @@ class GraphSandbox:
         self.requests: deque[dict[str, Any]] = deque(maxlen=20000)
         self.server_errors: list[str] = []
         self._faults: deque[errors.GraphError] = deque()
+        self._delays: list[_Delay] = []
         self._fault_lock = threading.Lock()
         self.base_url = "https://127.0.0.1"
         self.app = create_app(self)
@@ -210,9 +212,37 @@ class GraphSandbox:
         with self._fault_lock:
             self._faults.extend(errors.server_error(status) for _ in range(count))
 
+    def add_latency(self, seconds: float, count: int = 1, path: str | None = None) -> None:
+        """The next ``count`` Graph calls (whose path matches the regex ``path``, if given)
+        answer ``seconds`` later than they would."""
+        with self._fault_lock:
+            self._delays.append(_Delay(seconds, count, re.compile(path) if path else None))
+
+    def take_delay(self, path: str) -> float:
+        """The injected latency of one call to ``path`` (consumed)."""
+        total = 0.0
+        with self._fault_lock:
+            for delay in self._delays:
+                if delay.left > 0 and (delay.path is None or delay.path.search(path)):
+                    total += delay.seconds
+                    delay.left -= 1
+            self._delays = [d for d in self._delays if d.left > 0]
+        return total
+
     def clear_faults(self) -> None:
+        """No more injected errors or latency (push misdelivery: clear_notification_faults)."""
         with self._fault_lock:
             self._faults.clear()
+            self._delays.clear()
+
+    def misdeliver_notifications(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        """Change notifications go astray: the next ``drop`` are lost, ``duplicate`` sent twice,
+        ``reorder`` held back and sent newest first (push_faults.DeliveryFaults)."""
+        self.push.misdeliver(drop=drop, duplicate=duplicate, reorder=reorder)
+
+    def clear_notification_faults(self) -> None:
+        """Faithful delivery again; held notifications go out now."""
+        self.push.clear_delivery_faults()
 
     def expire_delta_tokens(self, email: str | None = None) -> None:
         """Every nextLink/deltaLink issued so far answers 410 ``syncStateNotFound``."""
@@ -259,6 +289,13 @@ class GraphSandbox:
     def request_log(self, path_contains: str | None = None) -> list[dict[str, Any]]:
         return [dict(r) for r in list(self.requests)
                 if path_contains is None or path_contains in r["path"]]
+
+
+@dataclasses.dataclass
+class _Delay:
+    seconds: float
+    left: int  # calls still to slow down
+    path: re.Pattern[str] | None
 
 
 def _unlink(path: str) -> None:

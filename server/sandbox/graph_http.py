@@ -78,6 +78,9 @@ def create_app(sb: GraphSandbox) -> Flask:
                  "if_match": request.headers.get("If-Match"), "time": time.time()}
         sb.requests.append(g.log)
         if request.path.startswith(V1):
+            delay = sb.take_delay(request.path)
+            if delay:
+                time.sleep(delay)
             fault = sb.take_fault()
             if fault is not None:
                 raise fault

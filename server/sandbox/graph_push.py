@@ -31,6 +31,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from server.sandbox import graph_errors as errors
 from server.sandbox.graph_store import Store
 from server.sandbox.graph_time import fmt_utc, parse_wall
+from server.sandbox.push_faults import Misdelivery
 
 CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
@@ -101,6 +102,17 @@ class PushService:
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.misdelivery: Misdelivery[Delivery] = Misdelivery()
+
+    def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        """Drop, duplicate or reorder the next change notifications (push_faults.DeliveryFaults);
+        Graph promises neither order nor exactly-once delivery. Lifecycle ones are not touched."""
+        self.misdelivery.add(drop=drop, duplicate=duplicate, reorder=reorder)
+
+    def clear_delivery_faults(self) -> None:
+        """Faithful delivery again; notifications held for reordering are sent now (newest first)."""
+        for delivery in self.misdelivery.clear():
+            self._queue.put(delivery)
 
     # --- subscription API -------------------------------------------------------------
     def _expiry(self, value: Any) -> datetime:
@@ -279,14 +291,22 @@ class PushService:
             delivery = self._queue.get()
             if delivery is None:
                 return
-            sub = self.subscriptions.get(delivery.subscription_id)
-            if delivery.kind == "change" and (sub is None or not self._active(sub)):
-                delivery.error = "subscription removed or expired before delivery"
-            else:
-                self._deliver(delivery)
-            with self._cond:
-                self.sent.append(delivery)
-                self._cond.notify_all()
+            routed = [delivery] if delivery.kind != "change" or delivery.error is not None \
+                else self.misdelivery.route(delivery)
+            for each in routed:
+                self._process(each)
+
+    def _process(self, delivery: Delivery) -> None:
+        sub = self.subscriptions.get(delivery.subscription_id)
+        if delivery.error is not None:
+            pass  # dropped by an injected fault: recorded, not sent
+        elif delivery.kind == "change" and (sub is None or not self._active(sub)):
+            delivery.error = "subscription removed or expired before delivery"
+        else:
+            self._deliver(delivery)
+        with self._cond:
+            self.sent.append(delivery)
+            self._cond.notify_all()
 
     def _deliver(self, delivery: Delivery) -> None:
         body = json.dumps({"value": [delivery.item]}).encode()

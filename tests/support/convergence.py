@@ -21,15 +21,16 @@ from sqlalchemy import func, select
 
 from server import jobs, techs
 from server.models import Conflict, Job
-from server.sandbox.google_events import Params
 from tests.support.convergence_faults import clear, faults_for
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
-from tests.support.convergence_ops import Ctx, Model, operations_for
+from tests.support.convergence_observers import OBSERVERS, observer_for
+from tests.support.convergence_ops import Ctx, Model
+from tests.support.convergence_shapes import operations_for
 from tests.support.convergence_world import World
 from tests.support.dav import multistatus, report, tag
 
 UTC = timezone.utc
-OBSERVABLE = ("google",)  # providers whose far end the runner can read back (see _remote_events)
+OBSERVABLE = tuple(OBSERVERS)  # providers whose far end the runner can read back ("google", "microsoft")
 QUIESCENCE_TIMEOUT = 120.0
 FAULT_SHARE = 0.3
 CALENDAR_QUERY = ('<?xml version="1.0"?><c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
@@ -138,7 +139,7 @@ def quiesce(ctx: Ctx, first_job: int) -> Observed:
 
 def _snapshot(seen: Observed) -> Any:
     return (sorted((i.calendar, i.href, i.etag) for i in seen.items),
-            sorted((e["id"], e.get("etag")) for e in seen.remote), seen.api_busy)
+            sorted((e.id, e.version) for e in seen.remote), seen.api_busy)
 
 
 def _busy_jobs(world: World) -> list[str]:
@@ -176,9 +177,10 @@ def _last_job_id(world: World) -> int:
 def observe(ctx: Ctx, first_job: int) -> Observed:
     world, tech = ctx.world, ctx.tech
     start, end = world.window
+    observer = observer_for(world.account)
     return Observed(
         tech=tech.user, email=tech.email, window=world.window, items=_dav_items(ctx),
-        remote=_remote_events(ctx), remote_instances=_google_instances(ctx, start, end),
+        remote=observer.items(tech.email), remote_specs=observer.specs(tech.email, start, end),
         api_busy=_api_busy(ctx, start, end),
         conflicts=_conflicts(ctx), jobs=_jobs(world, first_job), mirror_slug=world.account.mirror_slug)
 
@@ -201,23 +203,6 @@ def _dav_items(ctx: Ctx) -> list[Item]:
             out.append(Item(path, response.href.rsplit("/", 1)[1], uid,
                             response.props[tag("d", "getetag")].text or "", data.text))
     return sorted(out, key=lambda i: (i.calendar, i.href))
-
-
-def _remote_events(ctx: Ctx) -> list[dict[str, Any]]:
-    """The provider's stored events, as its API shows them. Google only so far: another account
-    kind (Graph, CalDAV) needs its own reading here and in the invariants' remote-side helpers."""
-    if ctx.world.account.provider not in OBSERVABLE:
-        raise NotImplementedError(f"convergence observation of {ctx.world.account.provider} is not written yet")
-    return list(ctx.world.account.sandbox.stored_events(ctx.tech.email))  # type: ignore[attr-defined]
-
-
-def _google_instances(ctx: Ctx, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Google's own expansion of the calendar (events.list singleEvents=true), read in-process."""
-    google = ctx.world.account.sandbox  # type: ignore[attr-defined]
-    params = Params({"singleEvents": "true", "maxResults": "2500", "timeMin": _z(start), "timeMax": _z(end)})
-    page = google.listings.list_events(ctx.tech.email, ctx.tech.email, params)
-    assert not page.get("nextPageToken"), "more instances than one page holds"
-    return list(page.get("items", []))
 
 
 def _api_busy(ctx: Ctx, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:

@@ -1,8 +1,9 @@
 """The faults a convergence scenario injects between operations, and how they are cleared.
 
 Provider faults are bounded (a few failing calls each), as real outages end;
-what must hold is that Lockstep converges once they do. Google-only faults
-(push delivery) go through the emulator's control API.
+what must hold is that Lockstep converges once they do. Faults of the far end
+(errors, latency, a lost sync cursor, push misdelivery) go through the
+emulator's control API behind one face per provider (:class:`EmulatorFaults`).
 """
 
 from __future__ import annotations
@@ -15,25 +16,110 @@ from typing import Any
 from tests.support.convergence_ops import Ctx
 
 
-def _google(ctx: Ctx) -> Any:
-    return ctx.world.account.sandbox  # type: ignore[attr-defined]
+class EmulatorFaults:
+    """What a fault asks of the provider's emulator; one face per provider, so the faults
+    themselves are written once."""
+
+    def rate_limit(self, count: int) -> None:
+        raise NotImplementedError
+
+    def server_error(self, count: int, status: int) -> None:
+        raise NotImplementedError
+
+    def slow(self, seconds: float, count: int) -> None:
+        raise NotImplementedError
+
+    def cursor_gone(self, email: str) -> None:
+        """The next incremental listing answers 410 (full listing required)."""
+        raise NotImplementedError
+
+    def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """No more injected errors or latency; push delivered faithfully (held messages sent)."""
+        raise NotImplementedError
+
+
+class GoogleFaults(EmulatorFaults):
+    def __init__(self, google: Any) -> None:
+        self.google = google
+
+    def rate_limit(self, count: int) -> None:
+        self.google.rate_limit(count, retry_after=1)
+
+    def server_error(self, count: int, status: int) -> None:
+        self.google.server_error(count, status=status)
+
+    def slow(self, seconds: float, count: int) -> None:
+        self.google.add_latency(seconds, count, path=r"^/calendar/")
+
+    def cursor_gone(self, email: str) -> None:
+        self.google.fail_sync_tokens(1)  # 410 fullSyncRequired
+
+    def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        self.google.misdeliver_notifications(drop=drop, duplicate=duplicate, reorder=reorder)
+
+    def clear(self) -> None:
+        self.google.clear_faults()
+        self.google.clear_notification_faults()
+
+
+class GraphFaults(EmulatorFaults):
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def rate_limit(self, count: int) -> None:
+        self.graph.rate_limit(count, retry_after=1)  # 429 ApplicationThrottled
+
+    def server_error(self, count: int, status: int) -> None:
+        self.graph.server_error(count, status=status)
+
+    def slow(self, seconds: float, count: int) -> None:
+        self.graph.add_latency(seconds, count, path=r"^/v1\.0/")
+
+    def cursor_gone(self, email: str) -> None:
+        self.graph.expire_delta_tokens(email)  # the next delta round answers 410 syncStateNotFound
+
+    def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        self.graph.misdeliver_notifications(drop=drop, duplicate=duplicate, reorder=reorder)
+
+    def clear(self) -> None:
+        self.graph.clear_faults()
+        self.graph.clear_notification_faults()
+
+
+EMULATORS = {"google": lambda account: GoogleFaults(account.sandbox),
+             "microsoft": lambda account: GraphFaults(account.graph)}
+
+
+def emulator(ctx: Ctx) -> EmulatorFaults | None:
+    """The fault face of the world's provider; None for a far end without one (remote CalDAV)."""
+    make = EMULATORS.get(ctx.world.account.provider)
+    return make(ctx.world.account) if make else None
+
+
+def _emulator(ctx: Ctx) -> EmulatorFaults:
+    face = emulator(ctx)
+    assert face is not None, f"no emulator faults for {ctx.world.account.provider}"
+    return face
 
 
 def rate_limited(ctx: Ctx) -> None:
     count = ctx.rng.randint(1, 3)
-    _google(ctx).rate_limit(count, retry_after=1)
+    _emulator(ctx).rate_limit(count)
     ctx.note(f"fault: next {count} calendar call(s) answer 429 Retry-After: 1")
 
 
 def server_errors(ctx: Ctx) -> None:
     count, status = ctx.rng.randint(1, 3), ctx.rng.choice((500, 502, 503))
-    _google(ctx).server_error(count, status=status)
+    _emulator(ctx).server_error(count, status)
     ctx.note(f"fault: next {count} calendar call(s) answer {status}")
 
 
 def slow(ctx: Ctx) -> None:
     seconds, count = round(ctx.rng.uniform(0.3, 2.0), 2), ctx.rng.randint(1, 4)
-    _google(ctx).add_latency(seconds, count, path=r"^/calendar/")
+    _emulator(ctx).slow(seconds, count)
     ctx.note(f"fault: next {count} calendar call(s) take {seconds}s longer")
 
 
@@ -43,25 +129,25 @@ def expired_cursor(ctx: Ctx) -> None:
 
 
 def sync_token_gone(ctx: Ctx) -> None:
-    _google(ctx).fail_sync_tokens(1)
-    ctx.note("fault: next incremental listing answers 410 fullSyncRequired")
+    _emulator(ctx).cursor_gone(ctx.tech.email)
+    ctx.note("fault: next incremental listing answers 410 (sync token / delta link gone)")
 
 
 def push_dropped(ctx: Ctx) -> None:
     count = ctx.rng.randint(1, 3)
-    _google(ctx).misdeliver_notifications(drop=count)
+    _emulator(ctx).misdeliver(drop=count)
     ctx.note(f"fault: next {count} push notification(s) dropped")
 
 
 def push_duplicated(ctx: Ctx) -> None:
     count = ctx.rng.randint(1, 3)
-    _google(ctx).misdeliver_notifications(duplicate=count)
+    _emulator(ctx).misdeliver(duplicate=count)
     ctx.note(f"fault: next {count} push notification(s) duplicated")
 
 
 def push_reordered(ctx: Ctx) -> None:
     count = ctx.rng.randint(2, 4)
-    _google(ctx).misdeliver_notifications(reorder=count)
+    _emulator(ctx).misdeliver(reorder=count)
     ctx.note(f"fault: next {count} push notifications held back and sent newest first")
 
 
@@ -77,8 +163,9 @@ def worker_killed(ctx: Ctx) -> None:
     from server.sync_admin import sync_now
     from server.techs import AdminError
 
-    if ctx.world.account.provider == "google":
-        _google(ctx).add_latency(1.0, 2, path=r"^/calendar/")
+    face = emulator(ctx)
+    if face is not None:
+        face.slow(1.0, 2)
     with contextlib.suppress(AdminError):  # no calendar yet: the kill still hits whatever runs
         sync_now(ctx.world.server.database, ctx.tech.user)
     deadline = time.monotonic() + 3 + ctx.rng.uniform(0.1, 1.0)
@@ -103,10 +190,9 @@ def database_dropped(ctx: Ctx) -> None:
 
 def clear(ctx: Ctx) -> None:
     """End every fault: no more injected errors, push delivered faithfully, access restored."""
-    if ctx.world.account.provider == "google":
-        google = _google(ctx)
-        google.clear_faults()
-        google.clear_notification_faults()
+    face = emulator(ctx)
+    if face is not None:
+        face.clear()
     ctx.world.ensure_worker()
     for user in sorted(ctx.model.revoked):
         ctx.world.account.reconnect(ctx.world.server, user)
@@ -117,18 +203,18 @@ def clear(ctx: Ctx) -> None:
 Fault = Callable[[Ctx], None]
 
 
-GOOGLE_ONLY = (rate_limited, server_errors, slow, sync_token_gone, push_dropped, push_duplicated, push_reordered)
+EMULATOR_ONLY = (rate_limited, server_errors, slow, sync_token_gone, push_dropped, push_duplicated, push_reordered)
 
 
 def faults_for(backend: str, provider: str = "google") -> list[tuple[Fault, int]]:
-    """Weighted faults; emulator faults for the emulator's provider; a lost database connection
-    only where it can be provoked (PostgreSQL)."""
+    """Weighted faults; emulator faults where the far end is an emulator (Google, Graph); a lost
+    database connection only where it can be provoked (PostgreSQL)."""
     chosen: list[tuple[Fault, int]] = [
         (rate_limited, 3), (server_errors, 3), (slow, 2), (expired_cursor, 1), (sync_token_gone, 1),
         (push_dropped, 2), (push_duplicated, 2), (push_reordered, 2), (grant_revoked, 1), (worker_killed, 1),
     ]
-    if provider != "google":
-        chosen = [(fault, weight) for fault, weight in chosen if fault not in GOOGLE_ONLY]
+    if provider not in EMULATORS:
+        chosen = [(fault, weight) for fault, weight in chosen if fault not in EMULATOR_ONLY]
     if backend == "postgresql":
         chosen.append((database_dropped, 2))
     return chosen

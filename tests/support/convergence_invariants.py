@@ -3,7 +3,8 @@
 Each takes the :class:`Observed` state of every side (read after quiescence)
 and the scenario's :class:`Model`, and returns a list of differences (empty:
 holds). Busy time is recomputed independently with tests/support/fb_reference
-from the CalDAV items and from Google's own expansion of the series.
+from the CalDAV items and from the provider's own expansion of the series
+(read by tests/support/convergence_observers.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 import icalendar
 
 from tests.support import fb_reference as ref
+from tests.support.convergence_observers import RemoteItem
 from tests.support.convergence_ops import Model
 from tests.support.convergence_world import TECH_ZONE
 
@@ -40,8 +42,8 @@ class Observed:
     email: str
     window: tuple[datetime, datetime]
     items: list[Item]
-    remote: list[dict[str, Any]]  # live stored Google events (singles, masters, exceptions)
-    remote_instances: list[dict[str, Any]]  # Google's expansion over the window (singleEvents)
+    remote: list[RemoteItem]  # live stored remote events (singles, masters, exceptions)
+    remote_specs: list[ref.EventSpec]  # the provider's own expansion of the window, described
     api_busy: list[Span]
     conflicts: list[tuple[str, str]]  # (booking uid, other_ref)
     jobs: list[dict[str, Any]]  # the jobs created during the scenario
@@ -56,7 +58,7 @@ class Observed:
         return f"{self.tech}/{self.mirror_slug}"
 
 
-# -- iCalendar and Google events as fb_reference descriptions ---------------------------------------
+# -- iCalendar as fb_reference descriptions ---------------------------------------
 def _frame(value: date | datetime) -> tuple[str, str | None]:
     if not isinstance(value, datetime):
         return "date", None
@@ -149,26 +151,6 @@ def ical_to_spec(text: str, email: str) -> ref.EventSpec:
         partstat=_own_partstat(master, email), summary=str(master.get("SUMMARY", "")))
 
 
-_RESPONSES = {"accepted": "ACCEPTED", "declined": "DECLINED", "tentative": "TENTATIVE", "needsAction": "NEEDS-ACTION"}
-
-
-def google_instance_to_spec(event: dict[str, Any]) -> ref.EventSpec:
-    """One instance of Google's own expansion (events.list singleEvents=true) as a description."""
-    def when(value: dict[str, str]) -> date | datetime:
-        if "date" in value:
-            return date.fromisoformat(value["date"])
-        return datetime.fromisoformat(value["dateTime"].replace("Z", "+00:00")).astimezone(UTC).replace(tzinfo=None)
-
-    start, end = when(event["start"]), when(event["end"])
-    own = next((a for a in event.get("attendees", []) if a.get("self")), None)
-    return ref.EventSpec(
-        uid=str(event["id"]), frame="utc" if isinstance(start, datetime) else "date", start=start,
-        length=end - start,  # type: ignore[operator]
-        status={"tentative": "TENTATIVE", "cancelled": "CANCELLED"}.get(event.get("status", ""), None),
-        transp="TRANSPARENT" if event.get("transparency") == "transparent" else None,
-        partstat=_RESPONSES.get(own.get("responseStatus", "needsAction"), "NEEDS-ACTION") if own else None)
-
-
 def blocking(specs: list[ref.EventSpec], window: tuple[datetime, datetime]) -> list[Span]:
     """Busy time under the scenario's policy: tentative blocks, all-day blocks whole local days."""
     lo, hi = (moment.astimezone(UTC) for moment in window)
@@ -181,19 +163,9 @@ def _show(spans: list[Span]) -> str:
 
 
 # -- the invariants ---------------------------------------------------------------------------------------
-def _remote_uid(event: dict[str, Any]) -> str:
-    return str((event.get("extendedProperties") or {}).get("private", {}).get("lockstepUid")
-               or event.get("iCalUID") or event["id"])
-
-
 def _booking_times(text: str) -> tuple[datetime, datetime]:
     event = next(iter(icalendar.Calendar.from_ical(text).walk("VEVENT")))
     return event["DTSTART"].dt.astimezone(UTC), event["DTEND"].dt.astimezone(UTC)
-
-
-def _remote_times(event: dict[str, Any]) -> tuple[datetime, datetime]:
-    return tuple(datetime.fromisoformat(event[k]["dateTime"].replace("Z", "+00:00")).astimezone(UTC)
-                 for k in ("start", "end"))  # type: ignore[return-value]
 
 
 def no_booking_lost(seen: Observed, model: Model) -> list[str]:
@@ -202,8 +174,8 @@ def no_booking_lost(seen: Observed, model: Model) -> list[str]:
     problems = []
     local = [item for item in seen.items if item.calendar == seen.bookings_calendar]
     local_by_uid = Counter(item.uid for item in local)
-    remote = [e for e in seen.remote if not e.get("recurringEventId")]
-    remote_by_uid = Counter(_remote_uid(e) for e in remote)
+    remote = [e for e in seen.remote if not e.part]
+    remote_by_uid = Counter(e.uid for e in remote)
     for uid, booking in sorted(model.bookings.items()):
         want = (booking.start.astimezone(UTC), booking.end.astimezone(UTC))
         if local_by_uid[uid] != 1:
@@ -215,9 +187,10 @@ def no_booking_lost(seen: Observed, model: Model) -> list[str]:
         if remote_by_uid[uid] != 1:
             problems.append(f"booking {uid} is {remote_by_uid[uid]} time(s) in the provider's calendar")
         else:
-            got = _remote_times(next(e for e in remote if _remote_uid(e) == uid))
-            if got != want:
-                problems.append(f"booking {uid} remotely at {_show([got])}, acknowledged {_show([want])}")
+            span = next(e for e in remote if e.uid == uid).span
+            if span != want:
+                problems.append(f"booking {uid} remotely at {_show([span] if span else [])}, "
+                                f"acknowledged {_show([want])}")
     for uid in sorted(model.ever_booked - set(model.bookings)):
         if local_by_uid[uid] or remote_by_uid[uid]:
             problems.append(f"cancelled booking {uid} still present (local {local_by_uid[uid]}, "
@@ -235,20 +208,20 @@ def no_duplicates(seen: Observed, model: Model) -> list[str]:
         if count > 1:
             where = [f"{i.calendar}/{i.href}" for i in seen.items if i.uid == uid]
             problems.append(f"UID {uid} stored {count} times: {where}")
-    remote = [e for e in seen.remote if not e.get("recurringEventId")]
-    for uid, count in sorted(Counter(_remote_uid(e) for e in remote).items()):
+    remote = [e for e in seen.remote if not e.part]
+    for uid, count in sorted(Counter(e.uid for e in remote).items()):
         if count > 1:
-            ids = [e["id"] for e in remote if _remote_uid(e) == uid]
+            ids = [e.id for e in remote if e.uid == uid]
             problems.append(f"UID {uid} is {count} events remotely: {ids}")
     mirror = {i.uid: i for i in seen.items if i.calendar == seen.mirror_calendar}
-    personal = {_remote_uid(e): e for e in remote if _remote_uid(e) not in model.ever_booked}
+    personal = {e.uid: e for e in remote if e.uid not in model.ever_booked}
     for uid in sorted(set(mirror) - set(personal)):
         problems.append(f"mirror item {mirror[uid].href} (UID {uid}) has no event remotely")
     for uid in sorted(set(personal) - set(mirror)):
-        problems.append(f"remote event {personal[uid]['id']} (UID {uid}) is missing from the mirror")
+        problems.append(f"remote event {personal[uid].id} (UID {uid}) is missing from the mirror")
     for uid in sorted(set(mirror) & set(personal)):
         local_summary = ical_to_spec(mirror[uid].text, seen.email).summary
-        remote_summary = str(personal[uid].get("summary", ""))
+        remote_summary = personal[uid].summary
         if local_summary != remote_summary:
             problems.append(f"UID {uid}: mirror says {local_summary!r}, provider says {remote_summary!r}")
     return problems
@@ -257,8 +230,7 @@ def no_duplicates(seen: Observed, model: Model) -> list[str]:
 def busy_time_equal(seen: Observed, model: Model) -> list[str]:
     """/api/v1/freebusy == reference over the CalDAV items == reference over the provider's instances."""
     local = blocking([ical_to_spec(i.text, seen.email) for i in seen.items], seen.window)
-    remote = blocking([google_instance_to_spec(e) for e in seen.remote_instances
-                       if e.get("status") != "cancelled"], seen.window)
+    remote = blocking(seen.remote_specs, seen.window)
     problems = []
     if seen.api_busy != local:
         problems.append(f"API busy [{_show(seen.api_busy)}] != reference over CalDAV items [{_show(local)}]")

@@ -2,9 +2,9 @@
 
 Sides: the booking API (what it acknowledged is recorded in :class:`Model`),
 a CalDAV client editing the tech's mirror calendar, and the provider's own app
-(personal events through the RemoteAccount protocol; Google-only shapes such
-as series with exceptions, all-day and tentative invitations through the
-emulator's control API). Every function draws only from ``ctx.rng``, so a seed
+(personal events through the RemoteAccount protocol; shapes only an
+emulator's control API can make, such as series with exceptions, all-day and
+tentative invitations, are in convergence_shapes.py). Every function draws only from ``ctx.rng``, so a seed
 replays the same choices.
 """
 
@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import icalendar
 import requests
 
+from tests.support.convergence_observers import RemoteItem, observer_for
 from tests.support.convergence_world import TECH_ZONE, WINDOW_DAYS, WINDOW_START, Tech, World
 from tests.support.dav import event_ics, multistatus, tag
 from tests.support.remote_accounts import utc_text
@@ -68,19 +69,19 @@ def local(day: int, hour: float) -> datetime:
     return datetime(first.year, first.month, first.day, minutes // 60, minutes % 60, tzinfo=ZONE)
 
 
-def _slot(rng: random.Random, earliest: float = 8, latest: float = 17) -> tuple[datetime, datetime]:
+def slot(rng: random.Random, earliest: float = 8, latest: float = 17) -> tuple[datetime, datetime]:
     day = rng.randrange(WINDOW_DAYS - 7)  # series and moves stay inside the window
     start = local(day, rng.randrange(int(earliest * 2), int(latest * 2) - 1) / 2)
     return start, start + timedelta(minutes=rng.choice((30, 60, 90)))
 
 
-def _personal_slot(ctx: Ctx) -> tuple[datetime, datetime]:
+def personal_slot(ctx: Ctx) -> tuple[datetime, datetime]:
     """Anywhere in the day, or now and then over a live booking (the overlap is a conflict)."""
     if ctx.model.bookings and ctx.rng.random() < 0.35:
         booking = ctx.model.bookings[ctx.rng.choice(sorted(ctx.model.bookings))]
         start = booking.start + timedelta(minutes=ctx.rng.choice((-30, 0, 30)))
         return start, start + timedelta(minutes=ctx.rng.choice((30, 60)))
-    return _slot(ctx.rng, 6, 21)
+    return slot(ctx.rng, 6, 21)
 
 
 def _z(moment: datetime) -> str:
@@ -106,7 +107,7 @@ def _api(ctx: Ctx, method: str, path: str, body: Any = None, key: str | None = N
 
 
 def api_book(ctx: Ctx) -> None:
-    start, end = _slot(ctx.rng)
+    start, end = slot(ctx.rng)
     summary = f"Job {ctx.rng.randrange(10**6)}"
     answer = _api(ctx, "POST", "/bookings", {"tech": ctx.tech.user, "start": _z(start), "end": _z(end),
                                               "summary": summary}, key=str(uuid.UUID(int=ctx.rng.getrandbits(128))))
@@ -124,7 +125,7 @@ def api_move(ctx: Ctx) -> None:
     if not ctx.model.bookings:
         return api_book(ctx)
     booking = ctx.model.bookings[ctx.rng.choice(sorted(ctx.model.bookings))]
-    start, end = _slot(ctx.rng)
+    start, end = slot(ctx.rng)
     answer = _api(ctx, "PATCH", f"/bookings/{booking.uid}", {"start": _z(start), "end": _z(end)})
     if answer.status_code == 200:
         booking.start, booking.end = start, end
@@ -156,16 +157,16 @@ def mirror_items(ctx: Ctx) -> list[tuple[str, str]]:
 
 
 def dav_create(ctx: Ctx) -> None:
-    start, end = _personal_slot(ctx)
+    start, end = personal_slot(ctx)
     uid = f"dav-{uuid.UUID(int=ctx.rng.getrandbits(128))}"
-    text = event_ics(uid, f"Phone {ctx.rng.randrange(1000)}", _ical_utc(start), _ical_utc(end))
+    text = event_ics(uid, f"Phone {ctx.rng.randrange(1000)}", ical_utc(start), ical_utc(end))
     answer = ctx.tech.dav.put(ctx.world.mirror_url(ctx.tech) + f"{uid}.ics", data=text,
                               headers={"If-None-Match": "*", "Content-Type": "text/calendar"})
     ctx.note(f"dav create {uid} {_z(start)}..{_z(end)} -> {answer.status_code}")
     assert answer.status_code in (201, 204), answer.text
 
 
-def _ical_utc(moment: datetime) -> str:
+def ical_utc(moment: datetime) -> str:
     return utc_text(moment).replace("-", "").replace(":", "")
 
 
@@ -216,22 +217,21 @@ def dav_delete(ctx: Ctx) -> None:
 
 
 # -- the provider's own app --------------------------------------------------------------------
-def _personal(ctx: Ctx, timed_single: bool = False) -> list[dict[str, Any]]:
-    """Live events of the tech's primary calendar that are not bookings (series parts left out
-    when ``timed_single``)."""
+def _personal(ctx: Ctx, timed_single: bool = False) -> list[RemoteItem]:
+    """Live events of the tech's primary calendar that are not bookings, exceptions of a series
+    left out (and series and all-day events too when ``timed_single``)."""
     out = []
-    for event in ctx.world.account.sandbox.stored_events(ctx.tech.email):  # type: ignore[attr-defined]
-        uid = (event.get("extendedProperties") or {}).get("private", {}).get("lockstepUid")
-        if uid in ctx.model.ever_booked or event.get("recurringEventId"):
+    for event in observer_for(ctx.world.account).items(ctx.tech.email):
+        if event.uid in ctx.model.ever_booked or event.part:
             continue
-        if timed_single and (event.get("recurrence") or "date" in event.get("start", {})):
+        if timed_single and (event.recurring or event.span is None):
             continue
         out.append(event)
-    return sorted(out, key=lambda e: str(e["id"]))
+    return sorted(out, key=lambda e: e.id)
 
 
 def remote_create(ctx: Ctx) -> None:
-    start, end = _personal_slot(ctx)
+    start, end = personal_slot(ctx)
     remote_id = ctx.world.account.create(ctx.tech.user, f"Errand {ctx.rng.randrange(1000)}", start, end)
     ctx.note(f"remote create {remote_id} {_z(start)}..{_z(end)}")
 
@@ -241,9 +241,9 @@ def remote_move(ctx: Ctx) -> None:
     if not events:
         return remote_create(ctx)
     event = ctx.rng.choice(events)
-    start, end = _personal_slot(ctx)
-    ctx.world.account.move(ctx.tech.user, str(event["id"]), start, end)
-    ctx.note(f"remote move {event['id']} -> {_z(start)}..{_z(end)}")
+    start, end = personal_slot(ctx)
+    ctx.world.account.move(ctx.tech.user, event.id, start, end)
+    ctx.note(f"remote move {event.id} -> {_z(start)}..{_z(end)}")
 
 
 def remote_rename(ctx: Ctx) -> None:
@@ -252,8 +252,8 @@ def remote_rename(ctx: Ctx) -> None:
         return remote_create(ctx)
     event = ctx.rng.choice(events)
     summary = f"Renamed {ctx.rng.randrange(1000)}"
-    ctx.world.account.rename(ctx.tech.user, str(event["id"]), summary)
-    ctx.note(f"remote rename {event['id']} {summary!r}")
+    ctx.world.account.rename(ctx.tech.user, event.id, summary)
+    ctx.note(f"remote rename {event.id} {summary!r}")
 
 
 def remote_delete(ctx: Ctx) -> None:
@@ -261,8 +261,8 @@ def remote_delete(ctx: Ctx) -> None:
     if not events:
         return remote_create(ctx)
     event = ctx.rng.choice(events)
-    ctx.world.account.delete(ctx.tech.user, str(event["id"]))
-    ctx.note(f"remote delete {event['id']}")
+    ctx.world.account.delete(ctx.tech.user, event.id)
+    ctx.note(f"remote delete {event.id}")
 
 
 def remote_tamper_booking(ctx: Ctx) -> None:
@@ -275,53 +275,9 @@ def remote_tamper_booking(ctx: Ctx) -> None:
         ctx.world.account.delete(ctx.tech.user, event.remote_id)
         ctx.note(f"remote tamper: delete booking {event.lockstep_uid}")
     else:
-        start, end = _slot(ctx.rng, 6, 21)
+        start, end = slot(ctx.rng, 6, 21)
         ctx.world.account.move(ctx.tech.user, event.remote_id, start, end)
         ctx.note(f"remote tamper: move booking {event.lockstep_uid} -> {_z(start)}")
-
-
-# -- Google-only shapes, through the emulator -----------------------------------------------
-def _sandbox(ctx: Ctx) -> Any:
-    return ctx.world.account.sandbox  # type: ignore[attr-defined]
-
-
-def _zoned(moment: datetime) -> dict[str, str]:
-    return {"dateTime": moment.astimezone(ZONE).isoformat(), "timeZone": TECH_ZONE}
-
-
-def google_series(ctx: Ctx) -> None:
-    """A weekly series of four; one instance moved, one cancelled."""
-    start, end = _slot(ctx.rng, 7, 19)
-    google = _sandbox(ctx)
-    master = google.create_event(ctx.tech.email, {
-        "summary": f"Weekly {ctx.rng.randrange(1000)}", "start": _zoned(start), "end": _zoned(end),
-        "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=4"]})
-    moved, cancelled = ctx.rng.sample(range(1, 4), 2)
-    original = start + timedelta(weeks=moved)
-    shift = timedelta(minutes=30 * ctx.rng.choice((-3, -1, 1, 2, 5)))
-    instance = f"{master['id']}_{_ical_utc(original)}"
-    google.patch_event(ctx.tech.email, instance, {"start": _zoned(original + shift),
-                                                  "end": _zoned(end + timedelta(weeks=moved) + shift)})
-    google.delete_event(ctx.tech.email, f"{master['id']}_{_ical_utc(start + timedelta(weeks=cancelled))}")
-    ctx.note(f"google series {master['id']} from {_z(start)}, #{moved} moved {shift}, #{cancelled} cancelled")
-
-
-def google_allday(ctx: Ctx) -> None:
-    first: date = local(ctx.rng.randrange(WINDOW_DAYS - 7), 0).date()
-    days = ctx.rng.choice((1, 1, 2))
-    event = _sandbox(ctx).create_event(ctx.tech.email, {
-        "summary": "PTO", "start": {"date": first.isoformat()},
-        "end": {"date": (first + timedelta(days=days)).isoformat()}})
-    ctx.note(f"google all-day {event['id']} {first} x{days}")
-
-
-def google_tentative(ctx: Ctx) -> None:
-    start, end = _personal_slot(ctx)
-    event = _sandbox(ctx).create_event(ctx.tech.email, {
-        "summary": "Vendor call (maybe)", "start": _zoned(start), "end": _zoned(end),
-        "attendees": [{"email": ctx.tech.email, "responseStatus": "tentative"},
-                      {"email": "vendor@example.net", "organizer": True, "responseStatus": "accepted"}]})
-    ctx.note(f"google tentative {event['id']} {_z(start)}..{_z(end)}")
 
 
 Op = Callable[[Ctx], None]
@@ -330,9 +286,3 @@ OPERATIONS: list[tuple[Op, int]] = [
     (dav_create, 2), (dav_edit, 2), (dav_delete, 1),
     (remote_create, 4), (remote_move, 2), (remote_rename, 1), (remote_delete, 2), (remote_tamper_booking, 1),
 ]
-GOOGLE_OPERATIONS: list[tuple[Op, int]] = [(google_series, 1), (google_allday, 1), (google_tentative, 1)]
-
-
-def operations_for(provider: str) -> list[tuple[Op, int]]:
-    """Every side's operations; shapes only an emulator's control API can make, for its provider."""
-    return OPERATIONS + (GOOGLE_OPERATIONS if provider == "google" else [])
