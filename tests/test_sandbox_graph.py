@@ -464,8 +464,12 @@ def test_calendar_view_delta_pages_changes_removals_and_expiry(
         gone = api("GET", link)
         assert gone.status_code == 410
         assert gone.json()["error"]["code"] in ("syncStateNotFound", "resyncRequired")
-    fresh, _, _ = delta_round(api, start, page_size=10)
+    fresh, fresh_link, _ = delta_round(api, start, page_size=10)
     assert sorted(i["id"] for i in fresh) == sorted([ids[0], ids[3], ids[4], added])
+    graph.fail_delta_tokens(1)  # a one-off loss of sync state: the next token call only
+    assert api("GET", fresh_link).json()["error"]["code"] == "syncStateNotFound"
+    assert api("GET", fresh_link).status_code == 200
+    assert api("GET", start).status_code == 200  # a new round carries no token: never failed
 
 
 def test_delta_reports_new_exceptions_and_deleted_occurrences(

@@ -74,6 +74,7 @@ class GraphSandbox:
         self.server_errors: list[str] = []
         self._faults: deque[errors.GraphError] = deque()
         self._delays: list[_Delay] = []
+        self._delta_failures = 0
         self._fault_lock = threading.Lock()
         self.base_url = "https://127.0.0.1"
         self.app = create_app(self)
@@ -234,6 +235,7 @@ class GraphSandbox:
         with self._fault_lock:
             self._faults.clear()
             self._delays.clear()
+            self._delta_failures = 0
 
     def misdeliver_notifications(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
         """Change notifications go astray: the next ``drop`` are lost, ``duplicate`` sent twice,
@@ -243,6 +245,19 @@ class GraphSandbox:
     def clear_notification_faults(self) -> None:
         """Faithful delivery again; held notifications go out now."""
         self.push.clear_delivery_faults()
+
+    def fail_delta_tokens(self, count: int = 1) -> None:
+        """The next ``count`` delta calls that carry a token (nextLink or deltaLink) answer
+        410 ``syncStateNotFound``, as Graph does when it has dropped the sync state."""
+        with self._fault_lock:
+            self._delta_failures += count
+
+    def take_delta_failure(self) -> bool:
+        with self._fault_lock:
+            if self._delta_failures <= 0:
+                return False
+            self._delta_failures -= 1
+            return True
 
     def expire_delta_tokens(self, email: str | None = None) -> None:
         """Every nextLink/deltaLink issued so far answers 410 ``syncStateNotFound``."""

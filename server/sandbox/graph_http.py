@@ -422,6 +422,8 @@ def create_app(sb: GraphSandbox) -> Flask:
         tz = out_zone()
         size = page_size()
         skip, delta = request.args.get("$skiptoken"), request.args.get("$deltatoken")
+        if (skip or delta) and sb.take_delta_failure():
+            raise errors.sync_state_not_found()
         with sb.store.lock:
             cal_id = calendar_id(user, cal)
             if skip or delta:

@@ -79,7 +79,7 @@ class GraphFaults(EmulatorFaults):
         self.graph.add_latency(seconds, count, path=r"^/v1\.0/")
 
     def cursor_gone(self, email: str) -> None:
-        self.graph.expire_delta_tokens(email)  # the next delta round answers 410 syncStateNotFound
+        self.graph.fail_delta_tokens(1)  # 410 syncStateNotFound
 
     def misdeliver(self, *, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
         self.graph.misdeliver_notifications(drop=drop, duplicate=duplicate, reorder=reorder)

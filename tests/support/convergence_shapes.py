@@ -4,7 +4,9 @@ Google: a weekly series with one instance moved and one cancelled, an all-day
 event, a tentative invitation. Outlook (Graph): the same three in Graph's
 terms (a recurrence pattern in a Windows zone, an exception and a deleted
 occurrence, isAllDay floating midnights, showAs tentative with
-responseStatus tentativelyAccepted). Every choice comes from ``ctx.rng``.
+responseStatus tentativelyAccepted), and time Outlook shows that never blocks
+(showAs free / workingElsewhere, declined, cancelled by its organizer). Every
+choice comes from ``ctx.rng``.
 """
 
 from __future__ import annotations
@@ -116,9 +118,26 @@ def graph_tentative(ctx: Ctx) -> None:
     ctx.note(f"graph tentative {event['id'][-8:]} {utc_text(start)}..{utc_text(end)}")
 
 
+def graph_not_blocking(ctx: Ctx) -> None:
+    """Time Outlook shows but that never blocks: free, working elsewhere, a declined invitation,
+    a meeting its organizer cancelled."""
+    start, end = personal_slot(ctx)
+    kind = ctx.rng.choice(("free", "workingElsewhere", "declined", "cancelled"))
+    body: dict[str, Any] = {"subject": f"FYI {kind}", "start": _wall(start), "end": _wall(end)}
+    if kind in ("free", "workingElsewhere"):
+        body["showAs"] = kind
+    else:
+        body.update({"organizer": {"emailAddress": {"name": "Vendor", "address": "vendor@example.net"}},
+                     "responseStatus": {"response": "declined" if kind == "declined" else "accepted",
+                                        "time": "2027-01-15T10:00:00Z"},
+                     "isCancelled": kind == "cancelled"})
+    event = _graph(ctx).create_event(ctx.tech.email, None, body)
+    ctx.note(f"graph {kind} {event['id'][-8:]} {utc_text(start)}..{utc_text(end)}")
+
+
 SHAPES: dict[str, list[tuple[Op, int]]] = {
     "google": [(google_series, 1), (google_allday, 1), (google_tentative, 1)],
-    "microsoft": [(graph_series, 1), (graph_allday, 1), (graph_tentative, 1)],
+    "microsoft": [(graph_series, 1), (graph_allday, 1), (graph_tentative, 1), (graph_not_blocking, 1)],
 }
 
 
