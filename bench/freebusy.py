@@ -407,7 +407,8 @@ class Bench:
         return Target(Server("stock", stock.process.pid), client, calendar)
 
     def start_lockstep(self, stack: contextlib.ExitStack, work: Path, backend: str) -> Target:
-        lockstep = stack.enter_context(running_server(work / f"lockstep-{backend}", backend))
+        lockstep = stack.enter_context(running_server(work / f"lockstep-{backend}", backend,
+                                                      keep_data=self.args.workdir is not None))
         assert lockstep.process is not None
         log(backend, f"lockstep serve ({backend}) on {lockstep.url}, pid {lockstep.process.pid}")
 
@@ -784,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", metavar="EXE", nargs="?", const=shutil.which("py-spy") or "py-spy",
                         help="sample each Lockstep server with py-spy during the measurement")
     parser.add_argument("--profile-dir", type=Path, default=Path("."), help="where --py-spy writes")
-    parser.add_argument("--workdir", type=Path, help="keep server data here instead of a temp dir")
+    parser.add_argument("--workdir", type=Path, help="keep server data here instead of a temp dir "
+                        "(PostgreSQL: the schema is kept, its URL in WORKDIR/lockstep-postgresql/database_url)")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in backends:

@@ -4,8 +4,9 @@
 On a shared machine, latency moves with other people's load; comparing two
 versions in one run (requests interleaved) and reading each server's own CPU
 time per request is what shows a change. Loading 5,000 events takes minutes,
-so this reuses the SQLite data dir that ``bench/freebusy.py --workdir DIR``
-keeps (``DIR/lockstep-sqlite``; windows start today, so use it the same day).
+so this reuses the data that ``bench/freebusy.py --workdir DIR`` keeps
+(``DIR/lockstep-sqlite``, or ``DIR/lockstep-postgresql`` naming its kept schema;
+windows start today, so use it the same day).
 
     .venv/bin/python bench/freebusy.py --backends sqlite --no-stock --workdir /tmp/fbw
     mkdir -p /tmp/before && git archive <commit> server | tar -x -C /tmp/before
@@ -49,7 +50,7 @@ Op = Callable[[], requests.Response]
 def serve(tree: Path, data: Path, log: Path) -> Iterator[tuple[str, int]]:
     """(base URL, pid) of ``lockstep serve`` run from ``tree`` on ``data``."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(tree.resolve()), LOCKSTEP_DATABASE_URL=f"sqlite:///{data / 'lockstep.db'}")
+    env = dict(os.environ, PYTHONPATH=str(tree.resolve()), LOCKSTEP_DATABASE_URL=database_url(data))
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "server.cli", "--data", str(data), "serve", "--port",
                                     str(port), "--no-workers"], cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -66,6 +67,12 @@ def serve(tree: Path, data: Path, log: Path) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def database_url(data: Path) -> str:
+    """The kept data's database: the PostgreSQL schema named in ``DATA/database_url``, else SQLite."""
+    kept = data / "database_url"
+    return kept.read_text().strip() if kept.exists() else f"sqlite:///{data / 'lockstep.db'}"
 
 
 def operations(url: str, bearer: str, small_techs: list[str]) -> dict[str, Op]:
@@ -103,7 +110,8 @@ def meaning(body: bytes) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", type=Path, help="a kept lockstep-sqlite data dir of bench/freebusy.py")
+    parser.add_argument("data", type=Path,
+                        help="a kept lockstep-sqlite or lockstep-postgresql data dir of bench/freebusy.py --workdir")
     parser.add_argument("trees", nargs="+", help="NAME=PATH: a directory holding a server/ package")
     parser.add_argument("--repeat", type=int, default=50, help="timed requests per operation and tree")
     parser.add_argument("--cpu-repeat", type=int, default=100, help="requests per operation and tree for CPU")
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.models import Tech
     from sqlalchemy import select
 
-    database = Database(f"sqlite:///{args.data / 'lockstep.db'}")
+    database = Database(database_url(args.data))
     with database.read() as session:
         small = list(session.scalars(select(Tech.username).where(Tech.username != BIG_TECH).order_by(Tech.username)))
     credential = tech_admin.create_token(database, f"cmp{os.getpid()}", "freebusy")

@@ -3,8 +3,9 @@
 A verified (name, secret, stored hash) triple is remembered in memory as a keyed
 digest, so repeated requests skip argon2. The stored hash is still read from the
 database on every request (on any node, a changed or revoked credential fails at
-once); only the argon2 work is remembered. API requests read it inside their own
-transaction (``verify_token``), so checking a token costs one indexed select.
+once); only the argon2 work is remembered. API requests read it together with their own
+reads (``token_query`` + ``check_token``), so checking a token costs one indexed select and
+no round trip of its own.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import secrets
 import threading
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
 
-from server.db import Database
+from server.db import Database, Query, Rows
 from server.models import ApiToken
 from server.principals import KIND_TOKEN, Principal, lookup_principal
 from server.security import verify_password
 
 _MAX_REMEMBERED = 10_000
 _TOKEN = select(ApiToken.scope, ApiToken.secret_hash).where(ApiToken.name == bindparam("name"))
+
+
+def token_query(name: str) -> Query:
+    return _TOKEN, {"name": name}
 
 
 class CredentialVerifier:
@@ -39,11 +43,10 @@ class CredentialVerifier:
             principal = lookup_principal(session, name)
         return self._check(principal, name, secret)
 
-    def verify_token(self, session: Session, name: str, secret: str) -> Principal | None:
-        """An API token, read in the caller's transaction. Names are unique across techs and
-        tokens, so a tech's name finds no token here."""
-        row = session.connection().execute(_TOKEN, {"name": name}).first()
-        principal = Principal(name, KIND_TOKEN, row.scope, row.secret_hash) if row is not None else None
+    def check_token(self, rows: Rows, name: str, secret: str) -> Principal | None:
+        """An API token from the rows of ``token_query(name)``, read with the request's own reads.
+        Names are unique across techs and tokens, so a tech's name finds no token."""
+        principal = Principal(name, KIND_TOKEN, rows[0][0], rows[0][1]) if rows else None
         return self._check(principal, name, secret)
 
     def _check(self, principal: Principal | None, name: str, secret: str) -> Principal | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
+
 import icalendar
 import pytest
 import requests
@@ -10,6 +13,7 @@ from tests.support.api import Api, api_for
 from tests.support.dav import event_ics, report
 from tests.support.lockstep_server import LockstepServer
 
+UTC = timezone.utc
 DAY = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}  # a Tuesday
 
 
@@ -122,16 +126,24 @@ def test_tentative_policy_and_transparent_calendar(server: LockstepServer, api: 
 
 
 def test_availability_respects_hours_buffers_and_busy_time(server: LockstepServer, api: Api) -> None:
+    """On a Tuesday still ahead (availability never offers the past), in Berlin's own time."""
     user, _ = server.add_tech(tz="Europe/Berlin")
     server.cli("tech", "update", user, "--hours", "mon-fri 09:00-12:00 13:00-17:00", "--buffer-before", "30")
-    # Tuesday 2026-12-01 in Berlin is UTC+1: work 08:00-11:00 and 12:00-16:00 UTC.
-    assert _book(api, user, "2026-12-01T09:00:00Z", "2026-12-01T10:00:00Z").status_code == 201
-    response = api.get("/availability", tech=user, duration=60, step=60, **DAY)
+    today = datetime.now(UTC).date()
+    tuesday = today + timedelta(days=7 + (1 - today.weekday()) % 7)
+    berlin = ZoneInfo("Europe/Berlin")
+
+    def at(hour: int) -> str:
+        return datetime.combine(tuesday, time(hour), berlin).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    day = {"start": f"{tuesday}T00:00:00Z", "end": f"{tuesday + timedelta(days=1)}T00:00:00Z"}
+    assert _book(api, user, at(10), at(11)).status_code == 201
+    response = api.get("/availability", tech=user, duration=60, step=60, **day)
     assert response.status_code == 200
-    slots = [(s["start"][11:16], s["end"][11:16]) for s in response.json()["techs"][user]["slots"]]
-    # The buffer is kept before each new booking: 10:00-11:00 would need 09:30-10:00 free.
-    assert slots == [("08:00", "09:00"), ("12:00", "13:00"), ("13:00", "14:00"), ("14:00", "15:00"), ("15:00", "16:00")]
-    assert _book(api, user, "2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z").status_code == 409
+    slots = [(s["start"], s["end"]) for s in response.json()["techs"][user]["slots"]]
+    # The buffer is kept before each new booking: 11:00-12:00 would need 10:30-11:00 free.
+    assert slots == [(at(h), at(h + 1)) for h in (9, 13, 14, 15, 16)]
+    assert _book(api, user, at(11), at(12)).status_code == 409
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from server import bookings
 from server.api.params import ParamError, minutes, text, time_range, timestamp
-from server.credentials import CredentialVerifier
-from server.db import Database
+from server.credentials import CredentialVerifier, token_query
+from server.db import Database, Query, Rows, plain_rows
 from server.freebusy import index as busy_index
 from server.freebusy.availability import free_slots
 from server.freebusy.epochs import EpochSpan, epoch_of, rfc3339
+from server.freebusy.policy import Policy
 from server.freebusy.vfreebusy import vfreebusy
 from server.models import Connection, Tech
 from server.principals import SCOPE_BOOKINGS, SCOPE_FREEBUSY, TOKEN_SCOPES
@@ -34,10 +35,13 @@ def create_api(database: Database) -> Blueprint:
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
     verifier = CredentialVerifier(database)
 
-    def requires(scope: str, *, reads: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def requires(scope: str, *, reads: Callable[[], list[Query]] | None = None
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """The bearer token is checked against the database on every request (a revoked token
-        fails at once on every node). ``reads``: the view runs in that same read transaction,
-        passed as its first argument, so a query costs one transaction, not two."""
+        fails at once on every node). ``reads`` builds the view's own SELECTs from the request;
+        they travel with the token's select in one read (``Database.read_many``: one round trip
+        on PostgreSQL) and the view gets their rows as its first argument. A bad parameter is
+        reported only to a caller whose token holds."""
         def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
             @wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,17 +49,24 @@ def create_api(database: Database) -> Blueprint:
                 if not header.lower().startswith("bearer "):
                     return _unauthorized("send Authorization: Bearer <token from lockstep token create>")
                 name, _, secret = header[7:].strip().rpartition(".")
-                with database.read() as session:
-                    principal = verifier.verify_token(session, name, secret) if name and secret else None
-                    if principal is None:
-                        return _unauthorized("the bearer token is not valid")
-                    if TOKEN_SCOPES.index(principal.scope) < TOKEN_SCOPES.index(scope):
-                        return error(403, "forbidden",
-                                     f"this token has scope {principal.scope!r}; {scope!r} is needed")
-                    g.token = principal.name
-                    if reads:
-                        return view(session, *args, **kwargs)
-                return view(*args, **kwargs)
+                if not (name and secret):
+                    return _unauthorized("the bearer token is not valid")
+                queries: list[Query] = []
+                refusal: Exception | None = None
+                try:
+                    queries = reads() if reads is not None else []
+                except (ParamError, UnknownTech) as exc:
+                    refusal = exc
+                token_rows, *rows = database.read_many([token_query(name), *queries])
+                principal = verifier.check_token(token_rows, name, secret)
+                if principal is None:
+                    return _unauthorized("the bearer token is not valid")
+                if TOKEN_SCOPES.index(principal.scope) < TOKEN_SCOPES.index(scope):
+                    return error(403, "forbidden", f"this token has scope {principal.scope!r}; {scope!r} is needed")
+                if refusal is not None:
+                    raise refusal
+                g.token = principal.name
+                return view(rows, *args, **kwargs) if reads is not None else view(*args, **kwargs)
             return wrapper
         return decorate
 
@@ -72,17 +83,21 @@ def create_api(database: Database) -> Blueprint:
         extra = {"conflicts": [_span(s) for s in exc.conflicts]} if exc.code == "conflict" else {}
         return error(exc.status, exc.code, exc.message, **extra)
 
-    @api.get("/freebusy")
-    @requires(SCOPE_FREEBUSY, reads=True)
-    def freebusy(session: Session):  # type: ignore[no-untyped-def]
+    def freebusy_reads() -> list[Query]:
         start, end = time_range(request.args.get("start"), request.args.get("end"))
-        techs = _tech_names()
-        policies = _policies(session, techs)
-        a, b = epoch_of(start), epoch_of(end)
-        spans = busy_index.busy_epochs_for_many(session, policies, a, b)
+        g.techs, g.window = _tech_names(), (epoch_of(start), epoch_of(end))
+        return [busy_index.policies_query(g.techs), busy_index.range_scan(g.techs, *g.window),
+                sync_health_query(g.techs)]
+
+    @api.get("/freebusy")
+    @requires(SCOPE_FREEBUSY, reads=freebusy_reads)
+    def freebusy(rows: list[Rows]):  # type: ignore[no-untyped-def]
+        techs, (a, b) = g.techs, g.window
+        policies = _policies(busy_index.policies_from(rows[0]), techs)
+        spans = busy_index.merge_scan(rows[1], policies, a, b)
         if request.accept_mimetypes.best_match(["application/json", "text/calendar"]) == "text/calendar":
             return Response(vfreebusy(a, b, {t: spans[t] for t in techs}), mimetype="text/calendar")
-        health = sync_health(session, techs)
+        health = sync_health_from(rows[2], techs)
         answer = {
             tech: {"busy": _epoch_spans(spans[tech][0]), "tentative": _epoch_spans(spans[tech][1]),
                    "sync": health[tech]}
@@ -90,20 +105,26 @@ def create_api(database: Database) -> Blueprint:
         }
         return _json({"start": rfc3339(a), "end": rfc3339(b), "techs": answer})
 
-    @api.get("/availability")
-    @requires(SCOPE_FREEBUSY, reads=True)
-    def availability(session: Session):  # type: ignore[no-untyped-def]
+    def availability_reads() -> list[Query]:
         start, end = time_range(request.args.get("start"), request.args.get("end"))
-        duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
-        step = timedelta(minutes=minutes(request.args.get("step"), "step", default=15))
-        now = datetime.now(UTC)
-        techs = _tech_names()
-        policies = _policies(session, techs)
+        g.window = (start, end)
+        g.duration = timedelta(minutes=minutes(request.args.get("duration"), "duration"))
+        g.step = timedelta(minutes=minutes(request.args.get("step"), "step", default=15))
+        g.techs = _tech_names()
+        return [busy_index.policies_query(g.techs)]
+
+    @api.get("/availability")
+    @requires(SCOPE_FREEBUSY, reads=availability_reads)
+    def availability(rows: list[Rows]):  # type: ignore[no-untyped-def]
+        (start, end), techs, now = g.window, g.techs, datetime.now(UTC)
+        policies = _policies(busy_index.policies_from(rows[0]), techs)
         margin = timedelta(minutes=max(p.buffer_before_min + p.buffer_after_min for p in policies.values()) + 1)
-        spans = busy_index.busy_for_many(session, policies, start - margin, end + margin)
+        a, b = epoch_of(start - margin), epoch_of(end + margin)
+        [scan] = database.read_many([busy_index.range_scan(techs, a, b)])
+        spans = busy_index.merge_scan(scan, policies, a, b)
         answer = {
-            tech: {"slots": [_span(s) for s in free_slots(policies[tech], spans[tech][0], start, end,
-                                                         duration, step, now)]}
+            tech: {"slots": [_span(s) for s in free_slots(policies[tech], busy_index.as_datetimes(spans[tech][0]), start, end,
+                                                         g.duration, g.step, now)]}
             for tech in techs
         }
         return jsonify(techs=answer)
@@ -185,17 +206,24 @@ def create_api(database: Database) -> Blueprint:
     return api
 
 
-def sync_health(session: Any, techs: list[str]) -> dict[str, dict[str, Any]]:
+def sync_health(session: Session, techs: list[str]) -> dict[str, dict[str, Any]]:
     """Per tech: the worst state of their connections (not_connected without any), last success."""
+    return sync_health_from(plain_rows(session, *sync_health_query(techs)), techs)
+
+
+def sync_health_query(techs: list[str]) -> Query:
+    return _CONNECTIONS, {"techs": techs}
+
+
+def sync_health_from(rows: Rows, techs: list[str]) -> dict[str, dict[str, Any]]:
     rank = {"ok": 0, "degraded": 1, "needs_reauth": 2}
     health: dict[str, dict[str, Any]] = {t: {"state": "not_connected", "last_success": None} for t in techs}
-    rows = session.connection().execute(_CONNECTIONS, {"techs": techs}).all()
     for tech, state, last_success in rows:
         current = health[tech]
         if current["state"] == "not_connected" or rank.get(state, 1) > rank.get(current["state"], 0):
             current["state"] = state
         if last_success is not None:
-            stamp = bookings.rfc3339(last_success if last_success.tzinfo else last_success.replace(tzinfo=UTC))
+            stamp = bookings.rfc3339(_as_utc(last_success))
             current["last_success"] = max(filter(None, [current["last_success"], stamp]))
     return health
 
@@ -207,8 +235,14 @@ _CONNECTIONS = (
 )
 
 
-def _policies(session: Any, techs: list[str]) -> dict[str, Any]:
-    policies = busy_index.policies_for(session, techs)
+def _as_utc(moment: datetime | str) -> datetime:
+    """A stored timestamp as the driver gives it (SQLite: ISO text) made aware UTC."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _policies(policies: dict[str, Policy], techs: list[str]) -> dict[str, Policy]:
     unknown = [t for t in techs if t not in policies]
     if unknown:
         raise UnknownTech(unknown[0])

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
+from server.db import Query, Rows, plain_rows
 from server.freebusy.epochs import EpochSpan, epoch_of, merge_rows, to_datetime
 from server.freebusy.expand import BUSY, TENTATIVE, Span, intervals_for
 from server.freebusy.policy import Policy
@@ -47,7 +48,15 @@ def policies_for(session: Session, usernames: list[str]) -> dict[str, Policy]:
     """
     if not usernames:
         return {}
-    rows = session.connection().execute(_POLICIES, {"names": usernames}).all()
+    return policies_from(plain_rows(session, *policies_query(usernames)))
+
+
+def policies_query(usernames: list[str]) -> Query:
+    """The policy rows of ``usernames``, for ``policies_from`` (or ``Database.read_many``)."""
+    return _POLICIES, {"names": usernames}
+
+
+def policies_from(rows: Rows) -> dict[str, Policy]:
     return {row[0]: _policy(*row[1:]) for row in rows}
 
 
@@ -152,7 +161,7 @@ def busy_for_many(
 ) -> dict[str, tuple[list[Span], list[Span]]]:
     """As ``busy_epochs_for_many``, as datetimes (only the merged periods are converted)."""
     epochs = busy_epochs_for_many(session, policies, epoch_of(start), epoch_of(end), ignore_href, collection_id)
-    return {tech: (_datetimes(busy), _datetimes(tentative)) for tech, (busy, tentative) in epochs.items()}
+    return {tech: (as_datetimes(busy), as_datetimes(tentative)) for tech, (busy, tentative) in epochs.items()}
 
 
 def busy_epochs_for_many(
@@ -161,7 +170,14 @@ def busy_epochs_for_many(
 ) -> dict[str, tuple[list[EpochSpan], list[EpochSpan]]]:
     """One range scan for many techs; each tech's rows merged under its own policy and clipped to
     [start, end), all on integer epochs (a dense calendar has thousands of rows in a month)."""
-    techs = list(policies)
+    statement, params = range_scan(list(policies), start, end, ignore_href, collection_id)
+    return merge_scan(plain_rows(session, statement, params), policies, start, end)
+
+
+def range_scan(
+    techs: list[str], start: int, end: int, ignore_href: str | None = None, collection_id: int | None = None,
+) -> Query:
+    """The index scan of ``techs`` over [start, end), for ``merge_scan`` (or ``Database.read_many``)."""
     single = len(techs) == 1
     params: dict[str, Any] = {"low": start - DAY, "start": start, "end": end,
                               "tech": techs[0] if single else techs}
@@ -169,42 +185,22 @@ def busy_epochs_for_many(
         params["ignore_href"] = ignore_href
     if collection_id is not None:
         params["collection_id"] = collection_id
-    statement = _range_scan(single, ignore_href is not None, collection_id is not None)
-    rows = _plain_rows(session, statement, params)
+    return _range_scan(single, ignore_href is not None, collection_id is not None), params
+
+
+def merge_scan(
+    rows: Rows, policies: dict[str, Policy], start: int, end: int,
+) -> dict[str, tuple[list[EpochSpan], list[EpochSpan]]]:
+    """The rows of ``range_scan`` over ``policies``' techs, merged per tech under its policy."""
+    techs = list(policies)
     answer: dict[str, tuple[list[EpochSpan], list[EpochSpan]]] = {tech: ([], []) for tech in techs}
-    if single:
+    if len(techs) == 1:
         answer[techs[0]] = merge_rows(rows, _blocking(policies[techs[0]]), start, end)
     else:
         for tech, group in groupby(rows, itemgetter(0)):
-            answer[tech] = merge_rows([row[1:] for row in group], _blocking(policies[tech]), start, end)
+            if tech in answer:
+                answer[tech] = merge_rows([row[1:] for row in group], _blocking(policies[tech]), start, end)
     return answer
-
-
-def _plain_rows(session: Session, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows as the driver's own tuples, in the session's transaction.
-
-    A year of a busy calendar is ~25,000 rows; making a SQLAlchemy ``Row`` of each costs as
-    much as the scan itself. The statement is still compiled by SQLAlchemy for the dialect
-    (``construct_expanded_state`` expands the IN list), so the SQL is the same either way.
-    """
-    connection = session.connection()
-    state = _compiled(statement, connection.dialect).construct_expanded_state(params)
-    values = {name: state.processors[name](value) if name in state.processors else value
-              for name, value in state.parameters.items()}
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if state.positiontup is not None:
-            cursor.execute(state.statement, tuple(values[name] for name in state.positiontup))
-        else:
-            cursor.execute(state.statement, values)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-@lru_cache(maxsize=64)
-def _compiled(statement: Any, dialect: Any) -> Any:
-    return statement.compile(dialect=dialect)
 
 
 def _blocking(policy: Policy) -> tuple[str, ...]:
@@ -233,7 +229,7 @@ def _range_scan(single: bool, ignore_href: bool, in_collection: bool) -> Any:
     return statement.order_by(*order)
 
 
-def _datetimes(spans: list[EpochSpan]) -> list[Span]:
+def as_datetimes(spans: list[EpochSpan]) -> list[Span]:
     return [(to_datetime(a), to_datetime(b)) for a, b in spans]
 
 

@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    """A fresh schema in the test database, dropped afterwards; yields a URL using it."""
+def postgres_schema(base_url: str, keep: bool = False) -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards unless ``keep`` (a benchmark's
+    data kept for a later run); yields a URL using it."""
     import sqlalchemy
 
     url = normalize_database_url(base_url)
@@ -42,8 +43,9 @@ def postgres_schema(base_url: str) -> Iterator[str]:
     try:
         yield f"{url}{separator}options=-csearch_path%3D{schema}"
     finally:
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        if not keep:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
 
 
@@ -150,15 +152,20 @@ class LockstepServer:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, backend: str, *, start_args: Sequence[str] = (), **kwargs: object
+    data_dir: Path, backend: str, *, start_args: Sequence[str] = (), keep_data: bool = False, **kwargs: object
 ) -> Iterator[LockstepServer]:
     """A started server on ``backend`` ("sqlite" or "postgresql"), stopped afterwards.
 
-    ``start_args`` are extra ``lockstep serve`` arguments (e.g. ``--tls-cert``).
+    ``start_args`` are extra ``lockstep serve`` arguments (e.g. ``--tls-cert``). ``keep_data``
+    keeps a PostgreSQL schema too, its URL written to ``DATA/database_url`` (a benchmark's
+    data, reused by a later run).
     """
     with contextlib.ExitStack() as stack:
         if backend == "postgresql":
-            database_url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
+            database_url = stack.enter_context(postgres_schema(os.environ[PG_ENV], keep=keep_data))
+            if keep_data:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                (data_dir / "database_url").write_text(database_url + "\n")
         else:
             database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
         server = LockstepServer(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
