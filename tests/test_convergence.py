@@ -1,15 +1,17 @@
 """Convergence under faults: fixed seeds of the randomized scenario runner, plus the regressions it found.
 
-Each seed drives tests/support/convergence.py: API bookings, a CalDAV client
-and the provider's own app interleaved with faults (429/5xx/latency, expired
-sync tokens, dropped/duplicated/reordered push, a revoked grant, a SIGKILLed
-worker, on PostgreSQL a lost database connection); after quiescence every
-invariant must hold. Many more seeds: bench/soak.py.
+Each seed drives tests/support/convergence.py against Google or Outlook (the
+Graph emulator): API bookings, a CalDAV client and the provider's own app
+interleaved with faults (429/5xx/latency, expired sync tokens and delta links,
+dropped/duplicated/reordered push, a revoked grant, a SIGKILLed worker, on
+PostgreSQL a lost database connection); after quiescence every invariant must
+hold. Many more seeds: bench/soak.py.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +25,10 @@ from sqlalchemy import select
 
 from server.caldav_bridge.engine import Bridge
 from server.models import Conflict, Connection, EventLink, Job, RemoteCalendarRow, Tech
-from server.providers.base import RemoteEvent
+from server.providers.base import Credentials, RemoteEvent
+from server.providers.microsoft import MicrosoftProvider
 from server.sandbox.google import GoogleSandbox
+from server.sandbox.graph import GraphSandbox
 from tests.support.convergence import run_scenario
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
 from tests.support.convergence_observers import GoogleObserver
@@ -33,11 +37,15 @@ from tests.support.convergence_world import WINDOW_START, World, open_world
 from tests.support.dav import event_ics, multistatus
 from tests.support.google_env import eventually
 from tests.support.lockstep_server import PG_ENV
+from tests.support.microsoft_env import graph_settings, sign_in
 
 # Chosen from soak runs so that together they inject every fault kind and record conflicts
 # (a change to the operations changes what a seed does: pick again from bench/soak.py output).
 SQLITE_SEEDS = [6, 7, 12, 2005]
 POSTGRESQL_SEEDS = [6004]  # includes the lost database connection and a SIGKILLed worker
+# Microsoft (Graph emulator), chosen the same way from bench/soak.py --providers microsoft.
+GRAPH_SQLITE_SEEDS = [30000, 30001, 30002]
+GRAPH_POSTGRESQL_SEEDS = [40000]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +62,20 @@ def postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World
         yield world
 
 
+@pytest.fixture(scope="module")
+def graph_sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with open_world(tmp_path_factory.mktemp("convergence-graph-sqlite"), "sqlite", "microsoft") as world:
+        yield world
+
+
+@pytest.fixture(scope="module")
+def graph_postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if not os.environ.get(PG_ENV):
+        pytest.skip(f"{PG_ENV} not set")
+    with open_world(tmp_path_factory.mktemp("convergence-graph-pg"), "postgresql", "microsoft") as world:
+        yield world
+
+
 @pytest.mark.parametrize("seed", SQLITE_SEEDS)
 def test_converges_on_sqlite(sqlite_world: World, seed: int) -> None:
     run_scenario(sqlite_world, seed)
@@ -62,6 +84,16 @@ def test_converges_on_sqlite(sqlite_world: World, seed: int) -> None:
 @pytest.mark.parametrize("seed", POSTGRESQL_SEEDS)
 def test_converges_on_postgresql(postgresql_world: World, seed: int) -> None:
     run_scenario(postgresql_world, seed)
+
+
+@pytest.mark.parametrize("seed", GRAPH_SQLITE_SEEDS)
+def test_converges_with_outlook_on_sqlite(graph_sqlite_world: World, seed: int) -> None:
+    run_scenario(graph_sqlite_world, seed)
+
+
+@pytest.mark.parametrize("seed", GRAPH_POSTGRESQL_SEEDS)
+def test_converges_with_outlook_on_postgresql(graph_postgresql_world: World, seed: int) -> None:
+    run_scenario(graph_postgresql_world, seed)
 
 
 def test_calendar_app_edits_made_while_access_was_revoked_reach_the_provider(sqlite_world: World) -> None:
@@ -256,6 +288,32 @@ def test_cancelled_booking_listed_before_its_link_is_deleted_not_mirrored(sqlite
     items = multistatus(tech.dav.request("PROPFIND", url, headers={"Depth": "1"}).text)
     assert [r.href for r in items if r.href.endswith(".ics")] == []
     world.account.reconnect(world.server, tech.user)
+
+
+def test_outlook_booking_deleted_between_delta_and_reread_is_a_deletion_not_a_copy() -> None:
+    """Regression (found by Microsoft seed 30014 on SQLite): delta listed our booking's event, its
+    cancellation deleted it before the re-read for our uid (delta lacks it), and the event, read
+    without our uid, was copied into the mirror as a personal event that outlived the booking."""
+    with GraphSandbox() as graph:
+        email = "regress30014@example.com"
+        graph.add_user(email, time_zone="Pacific Standard Time")
+        settings = graph_settings(graph)
+        provider = MicrosoftProvider(settings, Credentials(sign_in(graph, settings, email)))
+        calendar = graph.default_calendar_id(email)
+        ours = "lockstep-regress-30014"
+        written = provider.put_event(calendar, ours, event_ics(ours, "Job", "20270226T230000Z", "20270227T003000Z"))
+        reread = f"/me/events/{written.remote_id}"
+        graph.add_latency(1.5, 1, path=re.escape(reread) + "$")  # the re-read waits; meanwhile:
+
+        def cancel_when_reread_starts() -> None:
+            eventually(lambda: any(r["method"] == "GET" for r in graph.request_log(reread)), what="the re-read")
+            graph.delete_event(email, written.remote_id)
+
+        deleter = threading.Thread(target=cancel_when_reread_starts)
+        deleter.start()
+        listed = [event for page in provider.list_changes(calendar, None) for event in page.events]
+        deleter.join()
+    assert [(e.remote_id, e.deleted) for e in listed] == [(written.remote_id, True)]
 
 
 def _observed(**changes: Any) -> tuple[Observed, Model]:

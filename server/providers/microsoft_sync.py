@@ -181,9 +181,14 @@ class ChangeReader:
 
     # --- objects ----------------------------------------------------------------------------
     def single(self, item: GraphEvent) -> RemoteEvent:
-        """A single event; ours (by transactionId) are re-read for our uid, which delta lacks."""
+        """A single event; ours (by transactionId) are re-read for our uid, which delta lacks.
+        One of ours that is gone by then (the booking's cancellation deleted it after delta listed
+        it) is a deletion: read without our uid it would look like a personal event to copy."""
         if is_ours(item):
-            item = self.get(str(item["id"])) or item
+            current = self.get(str(item["id"]))
+            if current is None:
+                return RemoteEvent(str(item["id"]))
+            item = current
         uid = lockstep_uid_of(item)
         etag = str(item.get("@odata.etag") or item.get("changeKey") or "")
         text = series_to_ical(item, owner=self.client.username or None, uid=uid)
