@@ -88,11 +88,13 @@ def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]]
                                          "steps": result.steps, "seconds": round(result.seconds, 2),
                                          "quiesce_seconds": round(result.quiesce_seconds, 2),
                                          "bookings": result.bookings, "items": result.items,
-                                         "conflicts": result.conflicts, "faults": list(result.faults)})
+                                         "conflicts": result.conflicts, "faults": list(result.faults),
+                                         "shapes": list(result.shapes)})
                         print(f"[{done}] {provider}/{backend} seed {seed} ok: {result.steps} steps, "
                               f"{result.seconds:.1f}s (quiescence {result.quiesce_seconds:.1f}s), "
                               f"{result.bookings} booking(s), {result.items} item(s), "
-                              f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}",
+                              f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}; "
+                              f"shapes: {', '.join(result.shapes) or 'none'}",
                               flush=True)
 
 

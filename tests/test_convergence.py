@@ -316,6 +316,31 @@ def test_outlook_booking_deleted_between_delta_and_reread_is_a_deletion_not_a_co
     assert [(e.remote_id, e.deleted) for e in listed] == [(written.remote_id, True)]
 
 
+def test_outlook_booking_restored_under_a_new_id_then_cancelled_is_gone(graph_sqlite_world: World) -> None:
+    """Regression (found by Microsoft seed 30012 on SQLite): a booking deleted in Outlook is restored
+    under a new id (Graph never re-uses one); the push added a second link instead of re-pointing
+    the first, so the cancellation deleted the old, gone event and the restored one stayed."""
+    world = graph_sqlite_world
+    tech = world.add_tech()
+    booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-15T18:30:00Z",
+                                          "end": "2027-02-15T19:00:00Z", "summary": "Furnace"})
+    assert booked.status_code == 201, booked.text
+    uid = booked.json()["uid"]
+
+    def remote_ids() -> list[str]:
+        return [e.remote_id for e in world.account.events(tech.user) if e.lockstep_uid == uid]
+
+    eventually(lambda: len(remote_ids()) == 1, what="the booking in Outlook")
+    (first,) = remote_ids()
+    world.account.delete(tech.user, first)  # the tech deletes it in Outlook: Lockstep restores it
+    eventually(lambda: remote_ids() not in ([], [first]), timeout=30, what="the booking restored in Outlook")
+    assert world.api.delete(f"/bookings/{uid}").status_code == 204
+    eventually(lambda: remote_ids() == [], timeout=30, what="the cancelled booking gone from Outlook")
+    with world.server.database.read() as session:
+        links = session.scalars(select(EventLink.remote_id).where(EventLink.local_uid == uid)).all()
+    assert links == []
+
+
 def _observed(**changes: Any) -> tuple[Observed, Model]:
     """Two sides that agree: booking b1 overlapped by the personal event p1 (one conflict)."""
     booking = event_ics("b1", "Job", "20270202T180000Z", "20270202T190000Z")

@@ -326,6 +326,12 @@ class Bridge:
         with self.database.write([tech]) as session:
             current = session.scalar(select(EventLink).where(
                 EventLink.remote_calendar_id == calendar.id, EventLink.remote_id == remote.remote_id))
+            if current is None and link is not None:
+                # Re-created under a new id (Graph cannot re-use a deleted event's): the same link,
+                # re-pointed, or a second one would outlive the item and keep the new event alive.
+                current = session.get(EventLink, link.id)
+                if current is not None:
+                    current.remote_id = remote.remote_id
             if current is None:
                 current = EventLink(remote_calendar_id=calendar.id, remote_id=remote.remote_id, local_path=path,
                                     local_href=href, local_uid=item.uid, origin=origin)

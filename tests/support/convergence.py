@@ -25,7 +25,7 @@ from tests.support.convergence_faults import clear, faults_for
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed
 from tests.support.convergence_observers import OBSERVERS, observer_for
 from tests.support.convergence_ops import Ctx, Model
-from tests.support.convergence_shapes import operations_for
+from tests.support.convergence_shapes import SHAPES, operations_for
 from tests.support.convergence_world import World
 from tests.support.dav import multistatus, report, tag
 
@@ -55,6 +55,7 @@ class Result:
     items: int = 0
     conflicts: int = 0
     faults: tuple[str, ...] = ()
+    shapes: tuple[str, ...] = ()  # provider-only shapes made (series, all-day, tentative, ...)
 
 
 def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
@@ -70,6 +71,7 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
         _wait_for_mirror(ctx)
         provider = world.account.provider
         operations, faults = operations_for(provider), faults_for(world.backend, provider)
+        shapes = {shape for shape, _ in SHAPES.get(provider, [])}
         count = steps if steps is not None else rng.randint(8, 16)
         for _ in range(count):
             if rng.random() < FAULT_SHARE:
@@ -77,7 +79,10 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
                 model.faults_used.add(fault.__name__)
                 fault(ctx)
             else:
-                rng.choices([o for o, _ in operations], [w for _, w in operations])[0](ctx)
+                operation = rng.choices([o for o, _ in operations], [w for _, w in operations])[0]
+                if operation in shapes:
+                    model.shapes_used.add(operation.__name__)
+                operation(ctx)
             time.sleep(rng.uniform(0, 0.4))
         settled = time.monotonic()
         seen = quiesce(ctx, first_job)
@@ -85,7 +90,8 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
         if problems:
             raise ScenarioFailed(seed, "invariants broken:\n  " + "\n  ".join(problems), model.log)
         return Result(seed, count, time.monotonic() - began, time.monotonic() - settled, len(model.bookings),
-                      len(seen.items), len(seen.conflicts), tuple(sorted(model.faults_used)))
+                      len(seen.items), len(seen.conflicts), tuple(sorted(model.faults_used)),
+                      tuple(sorted(model.shapes_used)))
     except ScenarioFailed:
         raise
     except Exception as exc:

@@ -47,6 +47,7 @@ class Model:
     ever_booked: set[str] = field(default_factory=set)
     revoked: set[str] = field(default_factory=set)
     faults_used: set[str] = field(default_factory=set)
+    shapes_used: set[str] = field(default_factory=set)
     log: list[str] = field(default_factory=list)
 
 
