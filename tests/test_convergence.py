@@ -44,8 +44,8 @@ from tests.support.microsoft_env import graph_settings, sign_in
 SQLITE_SEEDS = [6, 7, 12, 2005]
 POSTGRESQL_SEEDS = [6004]  # includes the lost database connection and a SIGKILLed worker
 # Microsoft (Graph emulator), chosen the same way from bench/soak.py --providers microsoft.
-GRAPH_SQLITE_SEEDS = [30000, 30001, 30002]
-GRAPH_POSTGRESQL_SEEDS = [40000]
+GRAPH_SQLITE_SEEDS = [30004, 30005, 30009, 30011, 30017]  # every Graph shape and fault between them
+GRAPH_POSTGRESQL_SEEDS = [40017]  # lost database connection, revoked grant, a series
 
 
 @pytest.fixture(scope="module")

@@ -89,8 +89,10 @@ class GraphFaults(EmulatorFaults):
         self.graph.clear_notification_faults()
 
 
-EMULATORS = {"google": lambda account: GoogleFaults(account.sandbox),
-             "microsoft": lambda account: GraphFaults(account.graph)}
+EMULATORS: dict[str, Callable[[Any], EmulatorFaults]] = {
+    "google": lambda account: GoogleFaults(account.sandbox),
+    "microsoft": lambda account: GraphFaults(account.graph),
+}
 
 
 def emulator(ctx: Ctx) -> EmulatorFaults | None:

@@ -11,6 +11,7 @@ its writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -197,14 +198,16 @@ def _graph_utc(value: dict[str, str]) -> datetime:
     return datetime.fromisoformat(value["dateTime"][:19]).replace(tzinfo=UTC)
 
 
-OBSERVERS = {"google": lambda account: GoogleObserver(account.sandbox),
-             "microsoft": lambda account: GraphObserver(account.graph)}
+OBSERVERS: dict[str, Callable[[Any], RemoteObserver]] = {
+    "google": lambda account: GoogleObserver(account.sandbox),
+    "microsoft": lambda account: GraphObserver(account.graph),
+}
 
 
 def observer_for(account: RemoteAccount) -> RemoteObserver:
     """The observer of ``account``'s provider (LookupError for one the runner cannot read yet)."""
-    try:
-        return OBSERVERS[account.provider](account)  # type: ignore[no-untyped-call]
-    except KeyError:
-        raise LookupError(f"convergence observation of {account.provider} is not written yet") from None
+    make = OBSERVERS.get(account.provider)
+    if make is None:
+        raise LookupError(f"convergence observation of {account.provider} is not written yet")
+    return make(account)
 
