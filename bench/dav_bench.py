@@ -559,18 +559,19 @@ def start_lockstep(stack: contextlib.ExitStack, bench: Bench, work: Path, backen
     return target
 
 
-def analyze_schema(database_url: str) -> None:
-    """ANALYZE every table of the bench schema, as autovacuum would in time (the test
-    cluster here runs with autovacuum off, so without this the planner has no statistics)."""
+def analyze_schema(database_url: str, *, vacuum: bool = False) -> None:
+    """ANALYZE (or VACUUM ANALYZE) every table of the bench schema, as autovacuum would in time
+    (the test cluster here runs with autovacuum off, so without this the planner has no
+    statistics, and an index-only scan visits the table for every row: no visibility map)."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(database_url)
+    engine = sqlalchemy.create_engine(database_url, isolation_level="AUTOCOMMIT")  # VACUUM: no transaction
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection:
             tables = connection.execute(sqlalchemy.text(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars().all()
             for table in tables:
-                connection.execute(sqlalchemy.text(f'ANALYZE "{table}"'))
+                connection.execute(sqlalchemy.text(f'{"VACUUM ANALYZE" if vacuum else "ANALYZE"} "{table}"'))
     finally:
         engine.dispose()
 

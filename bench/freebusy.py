@@ -69,8 +69,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.dav_bench import (  # noqa: E402
-    CITIES, MKCALENDAR_BODY, STREETS, SUMMARIES, TZID, VTIMEZONE, WORDS, BenchTimeout, OpResult, fold,
-    git_describe, log,
+    CITIES, MKCALENDAR_BODY, STREETS, SUMMARIES, TZID, VTIMEZONE, WORDS, BenchTimeout, OpResult, analyze_schema,
+    fold, git_describe, log,
 )
 from tests.support.lockstep_server import PG_ENV, LockstepServer, running_server  # noqa: E402
 from tests.support.stock_radicale import start_stock_radicale  # noqa: E402
@@ -475,6 +475,10 @@ class Bench:
         # SQLite takes one writer at a time: there, side by side would only queue on its lock.
         together = not self.args.serial_load and backend != "sqlite"
         run_all(self.stop, 2 if together else 1, [big, small])
+        if backend == "postgresql" and not self.args.no_pg_vacuum:
+            assert target.lockstep is not None
+            analyze_schema(target.lockstep.database_url, vacuum=True)
+            log(backend, "VACUUM ANALYZE done on the bench schema, as autovacuum would (--no-pg-vacuum: not)")
 
     def load_small(self, target: Target) -> list[str]:
         args, lockstep, backend = self.args, target.lockstep, target.server.key
@@ -758,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql",
                         help=f"comma-separated Lockstep backends (postgresql needs ${PG_ENV})")
     parser.add_argument("--no-stock", action="store_true", help="skip stock Radicale")
+    parser.add_argument("--no-pg-vacuum", action="store_true",
+                        help="measure PostgreSQL right after loading, before any VACUUM (this machine's test "
+                        "cluster has autovacuum off; by default the script runs VACUUM ANALYZE, as autovacuum would)")
     parser.add_argument("--repeat", type=int, default=200, help="timed requests per Lockstep operation (at most)")
     parser.add_argument("--min-repeat", type=int, default=30, help="... at least")
     parser.add_argument("--warmup", type=int, default=5, help="untimed requests per operation first")

@@ -438,7 +438,7 @@ def test_forged_push_notifications_change_nothing_and_replays_do_no_harm(
     real_graph = eventually(lambda: next(iter(graph.notifications(subscription["id"])), None),
                             what="a Graph notification")
     eventually(lambda: len(_mirrored_uids(server, google_tech)) == 1 and len(_mirrored_uids(server, graph_tech)) == 1
-               and _quiet(server), timeout=30, what="the syncs")
+               and _quiet(server), timeout=90, what="the syncs")
     mirrored = {t: _mirrored_uids(server, t) for t in (google_tech, graph_tech)}
     remote = (google.stored_events(calendar), graph.stored_events(email))
 
