@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from server import horizon
 from server.config import Config, load_config
 
 log = logging.getLogger("lockstep")
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.data, args.config)
+        horizon.configure(config.get("freebusy", "horizon_past_days"), config.get("freebusy", "horizon_future_days"))
     except (OSError, ValueError) as exc:
         print(f"lockstep: configuration error: {exc}", file=sys.stderr)
         return 2

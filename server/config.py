@@ -94,6 +94,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "caldav": {
         "poll_seconds": Option(300, int, "Polling interval for remote CalDAV accounts (no push)"),
     },
+    "freebusy": {
+        "horizon_past_days": Option(30, int, "Days before today kept in the busy index and provider listings"),
+        "horizon_future_days": Option(
+            400, int, "Days ahead kept in the busy index (recurring series expanded that far, extended daily)"),
+    },
     "sync": {
         "poll_seconds": Option(300, int, "Safety-net polling interval per calendar"),
         "watch_ttl_seconds": Option(7 * 24 * 3600, int, "Requested lifetime of push channels"),

@@ -131,33 +131,38 @@ def plain_rows(session: Session, statement: Any, params: Mapping[str, Any]) -> R
 
 
 def _pipelined_reads(engine: Engine, queries: Sequence[Query]) -> list[Rows]:
-    """PostgreSQL: every query in one message and one snapshot. A connection the server has
-    dropped (restart, pg_terminate_backend) fails before anything is read: retried once."""
+    """PostgreSQL: every query in one message and one snapshot. These connections are not
+    pinged on checkout (that would be a round trip of its own): one the server has dropped
+    (restart, failover, pg_terminate_backend) fails before anything is read, and then the
+    whole pool is replaced, as its other connections are likely gone too, and the read retried."""
     import psycopg
 
-    for attempt in (1, 2):
-        pooled = engine.raw_connection()
-        try:
-            cursor = psycopg.ClientCursor(pooled.driver_connection)
-            parts = [cursor.mogrify(*_bound(statement, engine.dialect, params)) for statement, params in queries]
-            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" + ";".join(parts) + ";COMMIT")
-            results: list[Rows] = []
-            while True:
-                if cursor.description is not None:
-                    results.append(cursor.fetchall())
-                if not cursor.nextset():
-                    break
-            return results
-        except psycopg.OperationalError:
-            pooled.invalidate()
-            if attempt == 2:
-                raise
-        except BaseException:
-            pooled.invalidate()  # an error mid-message leaves a failed transaction behind
-            raise
-        finally:
-            pooled.close()
-    raise AssertionError("unreachable")
+    try:
+        return _one_message(engine, queries)
+    except psycopg.OperationalError:
+        engine.dispose()
+        return _one_message(engine, queries)
+
+
+def _one_message(engine: Engine, queries: Sequence[Query]) -> list[Rows]:
+    import psycopg
+
+    pooled = engine.raw_connection()
+    try:
+        cursor = psycopg.ClientCursor(pooled.driver_connection)
+        parts = [cursor.mogrify(*_bound(statement, engine.dialect, params)) for statement, params in queries]
+        cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" + ";".join(parts) + ";COMMIT")
+        results: list[Rows] = []
+        while True:
+            if cursor.description is not None:
+                results.append(cursor.fetchall())
+            if not cursor.nextset():
+                return results
+    except BaseException:
+        pooled.invalidate()  # dead, or left inside a failed transaction
+        raise
+    finally:
+        pooled.close()
 
 
 def _bound(statement: Any, dialect: Any, params: Mapping[str, Any]) -> tuple[str, Any]:

@@ -7,8 +7,10 @@ the icalendar parser, and a scan of the inserted rows done in Python.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,10 +20,10 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, text
 
 from server.techs import revoke_token
-from server.db import Database
+from server.db import Database, plain_rows
 from server.freebusy import index as busy_index
 from server.freebusy.epochs import ical_utc, merge_rows, rfc3339
 from server.freebusy.expand import merge
@@ -183,6 +185,43 @@ def test_scan_matches_a_python_scan_of_the_rows(
         blocking = ("busy", "tentative") if policies[name].tentative_blocks else ("busy",)
         assert got[name] == _reference(mine, blocking, start, end), name
 
+
+
+def test_read_many_gives_each_query_its_rows_in_one_snapshot(database: Database) -> None:
+    """The same rows as reading each query in a session (PostgreSQL: one message, client-side
+    parameters; quotes and a NUL-free odd name must survive the binding)."""
+    names = ["ann", "o'brien; DROP TABLE busy_intervals --", "cy"]
+    with database.write() as session:
+        session.execute(delete(BusyInterval))
+        session.execute(insert(BusyInterval), [
+            {"tech": name, "collection_id": 1, "href": f"{n}.ics", "start_utc": 1000 * n, "end_utc": 1000 * n + 600,
+             "kind": "busy"} for n, name in enumerate(names)])
+    queries = [busy_index.range_scan([name], 0, 10_000) for name in names] + [busy_index.range_scan(names, 0, 10_000)]
+    with database.read() as session:
+        expected = [plain_rows(session, statement, params) for statement, params in queries]
+    assert database.read_many(queries) == expected
+    assert [len(rows) for rows in expected] == [1, 1, 1, 3]
+
+
+def test_read_many_outlives_dropped_connections(backend: str, database: Database) -> None:
+    """Every pooled connection terminated by the server (a restart, a failover): the next read
+    answers all the same, on fresh connections."""
+    if backend != "postgresql":
+        pytest.skip("only PostgreSQL connections can be terminated from outside")
+    name = "readmany-" + secrets.token_hex(4)
+    reader = Database(f"{database.url}&application_name={name}")
+    query = [busy_index.range_scan(["ann"], 0, 10_000)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # several connections in the pool
+            first = list(pool.map(lambda _: reader.read_many(query), range(8)))[0]
+        with database.write() as session:
+            killed = session.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": name}).scalar()
+        assert killed >= 1
+        assert reader.read_many(query) == first
+    finally:
+        reader.dispose()
 
 # --- bearer tokens -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from server.db import Query, Rows, plain_rows
+from server.horizon import window as rolling_window
 from server.freebusy.epochs import EpochSpan, epoch_of, merge_rows, to_datetime
 from server.freebusy.expand import BUSY, TENTATIVE, Span, intervals_for
 from server.freebusy.policy import Policy
@@ -24,16 +25,13 @@ log = logging.getLogger("lockstep.freebusy")
 
 UTC = timezone.utc
 DAY = 86400
-HORIZON_PAST = timedelta(days=30)
-HORIZON_FUTURE = timedelta(days=400)
 TRANSPARENT_PROP = "C:schedule-calendar-transp"
 
 
 
 def horizon(now: datetime | None = None) -> Span:
-    now = now or datetime.now(UTC)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day - HORIZON_PAST, day + HORIZON_FUTURE
+    """The days the index holds (``[freebusy]`` horizon settings, see server/horizon.py)."""
+    return rolling_window(now)
 
 
 def policy_for(session: Session, username: str) -> Policy | None:
@@ -97,9 +95,9 @@ def collection_blocks(collection: DavCollection) -> bool:
 
 def reindex_item(
     session: Session, collection: DavCollection, href: str, text: str | None,
-    policy: Policy | None = None, fallback: Span | None = None,
+    policy: Policy | None = None, fallback: Span | None = None, now: datetime | None = None,
 ) -> None:
-    """Replace the item's rows. ``text`` None means the item is gone."""
+    """Replace the item's rows over the horizon as of ``now``. ``text`` None means the item is gone."""
     session.execute(
         delete(BusyInterval).where(BusyInterval.collection_id == collection.id, BusyInterval.href == href)
     )
@@ -109,7 +107,7 @@ def reindex_item(
     policy = policy or policy_for(session, tech)
     if policy is None:
         return
-    window = horizon()
+    window = horizon(now)
     try:
         spans = [(i.start, i.end, i.kind) for i in intervals_for(text, policy, *window)]
     except Exception as exc:  # noqa: BLE001 - fail closed: unreadable data blocks its range

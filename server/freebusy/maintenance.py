@@ -38,7 +38,7 @@ def extend_horizon(database: Database, now: datetime | None = None) -> int:
                 item = session.scalar(select(DavItem).where(
                     DavItem.collection_id == (collection.id if collection else -1), DavItem.href == href))
                 if collection is not None and item is not None:
-                    busy_index.reindex_item(session, collection, href, item.text, policy)
+                    busy_index.reindex_item(session, collection, href, item.text, policy, now=now)
     with database.write(["horizon-prune"]) as session:
         session.execute(delete(BusyInterval).where(BusyInterval.end_utc < int(start.timestamp())))
     return len(work)

@@ -12,7 +12,7 @@ only its id. The engine wants one iCalendar object per series, so:
   so the cursor remembers, per series, short digests of its instance ids.
 
 The cursor is JSON: the deltaLink, when the window was opened, and that map. The
-window (the busy index's horizon: 30 days back, 400 ahead) is fixed inside a
+window (the busy index's horizon, server/horizon.py) is fixed inside a
 deltaLink, so a cursor older than a week is declared expired and the engine lists
 everything again, which also moves the window forward.
 """
@@ -30,6 +30,7 @@ from urllib.parse import quote
 import icalendar
 import recurring_ical_events
 
+from server.horizon import window
 from server.providers.base import ChangePage, CursorExpired, ProviderError, RemoteEvent
 from server.providers.microsoft_client import GraphApiError, GraphClient
 from server.providers.microsoft_mapping import (
@@ -39,18 +40,11 @@ from server.providers.microsoft_zones import read_when, utc_text
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc
-WINDOW_PAST = timedelta(days=30)  # the same horizon the busy index keeps (server/freebusy/index.py)
-WINDOW_FUTURE = timedelta(days=400)
 CURSOR_MAX_AGE = timedelta(days=7)
 TRANSACTION_PREFIX = "lockstep-"
 EXPAND = f"singleValueExtendedProperties($filter=id eq '{UID_PROPERTY}')"
 _EXPIRED_CODES = frozenset({"syncStateNotFound", "resyncRequired", "SyncStateNotFound",
                             "SyncStateInvalid", "ErrorSyncStateNotFound", "ResyncRequired"})
-
-
-def window(now: datetime | None = None) -> tuple[datetime, datetime]:
-    day = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day - WINDOW_PAST, day + WINDOW_FUTURE
 
 
 def digest(instance_id: str) -> str:

@@ -27,9 +27,8 @@ from server.providers.microsoft_client import GraphApiError, GraphClient
 from server.providers.microsoft_mapping import (
     UID_PROPERTY, GraphEvent, Series, ical_to_series, occurrence_key, series_to_ical, series_zone,
 )
-from server.providers.microsoft_sync import (
-    EXPAND, TRANSACTION_PREFIX, ChangeReader, cancelled_starts, window,
-)
+from server.horizon import window
+from server.providers.microsoft_sync import EXPAND, TRANSACTION_PREFIX, ChangeReader, cancelled_starts
 from server.providers.microsoft_zones import read_when, write_when, zone_named
 
 log = logging.getLogger(__name__)
