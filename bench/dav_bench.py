@@ -545,7 +545,7 @@ def start_stock(stack: contextlib.ExitStack, bench: Bench, work: Path, deadline:
 
 def start_lockstep(stack: contextlib.ExitStack, bench: Bench, work: Path, backend: str,
                    deadline: float) -> Target:
-    server = stack.enter_context(running_server(work / f"lockstep-{backend}", backend))
+    server = stack.enter_context(running_server(work / f"lockstep-{backend}", backend, horizon_past_days=None))
     server.add_tech(USER, PASSWORD)
     log(backend, f"lockstep serve ({backend}) on {server.url}")
     assert server.process is not None

@@ -407,7 +407,7 @@ class Bench:
         return Target(Server("stock", stock.process.pid), client, calendar)
 
     def start_lockstep(self, stack: contextlib.ExitStack, work: Path, backend: str) -> Target:
-        lockstep = stack.enter_context(running_server(work / f"lockstep-{backend}", backend,
+        lockstep = stack.enter_context(running_server(work / f"lockstep-{backend}", backend, horizon_past_days=None,
                                                       keep_data=self.args.workdir is not None))
         assert lockstep.process is not None
         log(backend, f"lockstep serve ({backend}) on {lockstep.url}, pid {lockstep.process.pid}")

@@ -420,19 +420,22 @@ def deploy(key: str, work: Path, args: argparse.Namespace) -> Iterator[Deploymen
         env = google_env(google, LOCKSTEP_SECURITY_SECRET_KEY=secrets.token_urlsafe(32))
         if key == "sqlite":
             url = f"sqlite:///{work / 'lockstep.db'}"
-            web = [LockstepServer(data_dir=work / "web-1", database_url=url, extra_env=env)]
+            web = [LockstepServer(data_dir=work / "web-1", database_url=url, extra_env=env,
+                                  horizon_past_days=None)]
             stack.callback(web[0].stop)
             web[0].start()
             workers: list[LockstepWorker] = []
         else:
             url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
-            web = [LockstepServer(data_dir=work / f"web-{n + 1}", database_url=url, extra_env=env) for n in range(2)]
+            web = [LockstepServer(data_dir=work / f"web-{n + 1}", database_url=url, extra_env=env,
+                                  horizon_past_days=None) for n in range(2)]
             for node in web:
                 stack.callback(node.stop)
                 node.start("--no-workers")
             # Worker n opens its push channels towards node n: notifications land on both nodes.
             workers = [LockstepWorker(data_dir=work / f"worker-{n + 1}", database_url=url,
-                                      public_url=web[n % 2].url, extra_env=env) for n in range(args.pg_workers)]
+                                      public_url=web[n % 2].url, extra_env=env, horizon_past_days=None)
+                       for n in range(args.pg_workers)]
             for worker in workers:
                 stack.callback(worker.stop)
                 worker.start()

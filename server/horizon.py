@@ -25,6 +25,11 @@ def configure(past_days: int, future_days: int) -> None:
     _past, _future = timedelta(days=past_days), timedelta(days=future_days)
 
 
+def days() -> tuple[int, int]:
+    """(past, future) days of this process's window."""
+    return _past.days, _future.days
+
+
 def window(now: datetime | None = None) -> tuple[datetime, datetime]:
     """[start, end): from ``past`` days before today's UTC midnight to ``future`` days after it."""
     now = now or datetime.now(UTC)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lockstep_server import PG_ENV, LockstepServer, running_server
+from server import horizon
+from tests.support.lockstep_server import PG_ENV, TEST_HORIZON_PAST_DAYS, LockstepServer, running_server
 
 BACKENDS = ["sqlite", "postgresql"]
+# In-process indexing too keeps the fixed-date fixtures inside the horizon (as the test servers do).
+horizon.configure(TEST_HORIZON_PAST_DAYS, horizon.DEFAULT_FUTURE_DAYS)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -30,11 +30,12 @@ def server(tmp_path: Path) -> Iterator[LockstepServer]:
 @pytest.fixture()
 def short_horizon() -> Iterator[None]:
     """This process's horizon as the server's config sets it, restored afterwards."""
+    before = horizon.days()
     horizon.configure(PAST_DAYS, FUTURE_DAYS)
     try:
         yield
     finally:
-        horizon.configure(horizon.DEFAULT_PAST_DAYS, horizon.DEFAULT_FUTURE_DAYS)
+        horizon.configure(*before)
 
 
 def _z(moment: datetime) -> str:

@@ -28,6 +28,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Fixtures are written on fixed dates (2026-12 and on): a long past horizon keeps them inside the
+# busy index and provider listings as the calendar moves on. Benchmarks pass None (the default).
+TEST_HORIZON_PAST_DAYS = 3650
+
+
+def horizon_env(past_days: int | None) -> dict[str, str]:
+    return {} if past_days is None else {"LOCKSTEP_FREEBUSY_HORIZON_PAST_DAYS": str(past_days)}
+
+
 @contextlib.contextmanager
 def postgres_schema(base_url: str, keep: bool = False) -> Iterator[str]:
     """A fresh schema in the test database, dropped afterwards unless ``keep`` (a benchmark's
@@ -56,6 +65,7 @@ class LockstepServer:
     port: int = field(default_factory=free_port)
     auth_delay: float = 0.3
     extra_env: dict[str, str] = field(default_factory=dict)
+    horizon_past_days: int | None = TEST_HORIZON_PAST_DAYS
     process: subprocess.Popen[bytes] | None = None
     _database: Database | None = None
     # "https" when started with --tls-cert/--tls-key; ``verify`` is what requests
@@ -77,12 +87,13 @@ class LockstepServer:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            LOCKSTEP_DATABASE_URL=self.database_url,
-            LOCKSTEP_SERVER_AUTH_DELAY=str(self.auth_delay),
-            LOCKSTEP_SERVER_PUBLIC_URL=self.url,
+        env.update({
+            **horizon_env(self.horizon_past_days),
+            "LOCKSTEP_DATABASE_URL": self.database_url,
+            "LOCKSTEP_SERVER_AUTH_DELAY": str(self.auth_delay),
+            "LOCKSTEP_SERVER_PUBLIC_URL": self.url,
             **self.extra_env,
-        )
+        })
         return env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.lockstep_server import TEST_HORIZON_PAST_DAYS, horizon_env
+
 READY_LINE = "Lockstep worker started"
 
 
@@ -25,6 +27,7 @@ class LockstepWorker:
     database_url: str
     public_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    horizon_past_days: int | None = TEST_HORIZON_PAST_DAYS
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,8 +46,9 @@ class LockstepWorker:
     def start(self) -> LockstepWorker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env.update(LOCKSTEP_DATABASE_URL=self.database_url, LOCKSTEP_SERVER_PUBLIC_URL=self.public_url,
-                   **self.extra_env)
+        env.update({**horizon_env(self.horizon_past_days),
+                    "LOCKSTEP_DATABASE_URL": self.database_url, "LOCKSTEP_SERVER_PUBLIC_URL": self.public_url,
+                    **self.extra_env})
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
