@@ -48,32 +48,32 @@ GRAPH_SQLITE_SEEDS = [30004, 30005, 30009, 30011, 30017]  # every Graph shape an
 GRAPH_POSTGRESQL_SEEDS = [40017]  # lost database connection, revoked grant, a series
 
 
+def _world(factory: pytest.TempPathFactory, backend: str, provider: str) -> Iterator[World]:
+    """One world per module, provider and backend (PostgreSQL only where it is configured)."""
+    if backend == "postgresql" and not os.environ.get(PG_ENV):
+        pytest.skip(f"{PG_ENV} not set")
+    with open_world(factory.mktemp(f"convergence-{provider}-{backend}"), backend, provider) as world:
+        yield world
+
+
 @pytest.fixture(scope="module")
 def sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with open_world(tmp_path_factory.mktemp("convergence-sqlite"), "sqlite") as world:
-        yield world
+    yield from _world(tmp_path_factory, "sqlite", "google")
 
 
 @pytest.fixture(scope="module")
 def postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    if not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
-    with open_world(tmp_path_factory.mktemp("convergence-pg"), "postgresql") as world:
-        yield world
+    yield from _world(tmp_path_factory, "postgresql", "google")
 
 
 @pytest.fixture(scope="module")
 def graph_sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with open_world(tmp_path_factory.mktemp("convergence-graph-sqlite"), "sqlite", "microsoft") as world:
-        yield world
+    yield from _world(tmp_path_factory, "sqlite", "microsoft")
 
 
 @pytest.fixture(scope="module")
 def graph_postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    if not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
-    with open_world(tmp_path_factory.mktemp("convergence-graph-pg"), "postgresql", "microsoft") as world:
-        yield world
+    yield from _world(tmp_path_factory, "postgresql", "microsoft")
 
 
 @pytest.mark.parametrize("seed", SQLITE_SEEDS)
