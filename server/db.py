@@ -88,10 +88,9 @@ class Database:
 
         A free/busy request is nothing but a few reads. Through a session on PostgreSQL they
         cost seven round trips (pre-ping, BEGIN, each statement, COMMIT), and on a busy machine
-        each trip waits for two processes to be scheduled. Here they travel as one simple-query
-        message, ``BEGIN REPEATABLE READ READ ONLY; ...; COMMIT``, with parameters bound by
-        psycopg's client-side cursor: one round trip. SQLite reads in-process, in one read
-        transaction.
+        each trip waits for two processes to be scheduled. Here they travel in one psycopg
+        pipeline, ``BEGIN REPEATABLE READ READ ONLY``, the queries (prepared), ``COMMIT``: one
+        round trip. SQLite reads in-process, in one read transaction.
         """
         if self.is_sqlite:
             with self.read() as session:
@@ -131,38 +130,45 @@ def plain_rows(session: Session, statement: Any, params: Mapping[str, Any]) -> R
 
 
 def _pipelined_reads(engine: Engine, queries: Sequence[Query]) -> list[Rows]:
-    """PostgreSQL: every query in one message and one snapshot. These connections are not
+    """PostgreSQL: every query in one pipeline and one snapshot. These connections are not
     pinged on checkout (that would be a round trip of its own): one the server has dropped
     (restart, failover, pg_terminate_backend) fails before anything is read, and then the
     whole pool is replaced, as its other connections are likely gone too, and the read retried."""
     import psycopg
 
     try:
-        return _one_message(engine, queries)
+        return _one_pipeline(engine, queries)
     except psycopg.OperationalError:
         engine.dispose()
-        return _one_message(engine, queries)
+        return _one_pipeline(engine, queries)
 
 
-def _one_message(engine: Engine, queries: Sequence[Query]) -> list[Rows]:
-    import psycopg
-
+def _one_pipeline(engine: Engine, queries: Sequence[Query]) -> list[Rows]:
+    """BEGIN REPEATABLE READ READ ONLY, the queries, COMMIT: one Sync, so one round trip. The
+    queries are prepared on the connection (psycopg keeps them), so PostgreSQL plans each
+    shape once per connection; their parameters are equalities and ranges, whose generic
+    plans are the index scans (unlike the ``= ANY(list)`` that turned prepared statements off
+    for sessions)."""
     pooled = engine.raw_connection()
+    connection = pooled.driver_connection
     try:
-        cursor = psycopg.ClientCursor(pooled.driver_connection)
-        parts = [cursor.mogrify(*_bound(statement, engine.dialect, params)) for statement, params in queries]
-        cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" + ";".join(parts) + ";COMMIT")
-        results: list[Rows] = []
-        while True:
-            if cursor.description is not None:
-                results.append(cursor.fetchall())
-            if not cursor.nextset():
-                return results
+        with connection.pipeline():
+            connection.execute(_SNAPSHOT)
+            cursors = []
+            for statement, params in queries:
+                cursor = connection.cursor()
+                cursor.execute(*_bound(statement, engine.dialect, params), prepare=True)
+                cursors.append(cursor)
+            connection.execute("COMMIT")
+        return [cursor.fetchall() for cursor in cursors]
     except BaseException:
         pooled.invalidate()  # dead, or left inside a failed transaction
         raise
     finally:
         pooled.close()
+
+
+_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 def _bound(statement: Any, dialect: Any, params: Mapping[str, Any]) -> tuple[str, Any]:

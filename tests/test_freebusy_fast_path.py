@@ -188,8 +188,8 @@ def test_scan_matches_a_python_scan_of_the_rows(
 
 
 def test_read_many_gives_each_query_its_rows_in_one_snapshot(database: Database) -> None:
-    """The same rows as reading each query in a session (PostgreSQL: one message, client-side
-    parameters; quotes and a NUL-free odd name must survive the binding)."""
+    """The same rows as reading each query in a session (PostgreSQL: one pipeline of prepared
+    statements; a name with quotes and SQL in it is only ever a parameter)."""
     names = ["ann", "o'brien; DROP TABLE busy_intervals --", "cy"]
     with database.write() as session:
         session.execute(delete(BusyInterval))
@@ -222,6 +222,7 @@ def test_read_many_outlives_dropped_connections(backend: str, database: Database
         assert reader.read_many(query) == first
     finally:
         reader.dispose()
+
 
 # --- bearer tokens -------------------------------------------------------------------------
 
