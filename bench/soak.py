@@ -1,14 +1,17 @@
 """Convergence soak: many seeded scenarios of operations and faults, each checked after quiescence.
 
     .venv/bin/python bench/soak.py --scenarios 1000 [--seed S] [--providers google,microsoft]
-        [--backends sqlite,postgresql] [--restart-every 100] [--json FILE]
+        [--backends sqlite,postgresql] [--restart-every 100] [--lanes N] [--json FILE]
 
 Seeds are S, S+1, ... (S defaults to one derived from the clock, printed
 first). Each scenario runs on a fresh tech (tests/support/convergence.py);
 one server + worker + emulator serve many scenarios and are restarted every
 ``--restart-every``. A failure prints its seed, the broken invariants and the
 step log; replay it with ``--seed <seed> --scenarios 1`` (same code: a change to
-the operations changes what a seed does). SIGTERM or Ctrl-C stops it cleanly
+the operations changes what a seed does). A scenario spends most of its time
+waiting for syncs, so ``--lanes N`` runs N child soaks side by side, each with its
+own processes and emulators, lane i taking every N-th seed from S + i; the
+parent prints their lines, then one summary of all. SIGTERM or Ctrl-C stops it cleanly
 with a summary. Exit status 1 when any scenario failed. PostgreSQL needs
 LOCKSTEP_TEST_DATABASE_URL.
 """
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from tests.support.convergence import OBSERVABLE as SUPPORTED  # noqa: E402
 from tests.support.remote_accounts import PROVIDERS  # noqa: E402
 
 UNSUPPORTED = tuple(p for p in PROVIDERS if p not in SUPPORTED)
+CHILD_ENV = "LOCKSTEP_SOAK_CHILD"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-every", type=int, default=100, help="fresh processes after this many")
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.add_argument("--json", type=Path, help="write every scenario's outcome here")
+    parser.add_argument("--lanes", type=int, default=1, help="child soaks side by side, seeds dealt out in turn")
+    parser.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)  # set by the parent for a child
     args = parser.parse_args(argv)
     unknown = {p.strip() for p in args.providers.split(",") if p.strip()} - set(SUPPORTED)
     if unknown:
@@ -55,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)  # background runs ignore SIGINT; stop them cleanly too
     try:
-        _run(args, first, outcomes, failed)
+        if args.lanes > 1 and args.lane == 0 and not _is_child():
+            _run_lanes(args, first, outcomes, failed)
+        else:
+            _run(args, first, outcomes, failed)
     except KeyboardInterrupt:
         print("\nsoak: interrupted; summary of the scenarios that finished", flush=True)
     return _finish(outcomes, failed, began, args.json)
@@ -68,7 +80,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]], failed: list[str]) -> None:
     for provider in [p.strip() for p in args.providers.split(",") if p.strip()]:
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            seeds = list(range(first, first + args.scenarios))
+            seeds = [seed for seed in range(first, first + args.scenarios) if (seed - first) % args.lanes == args.lane]
             for batch in range(0, len(seeds), max(1, args.restart_every)):
                 with tempfile.TemporaryDirectory(prefix="lockstep-soak-") as tmp, \
                         open_world(Path(tmp), backend, provider) as world:
@@ -96,6 +108,49 @@ def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]]
                               f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}; "
                               f"shapes: {', '.join(result.shapes) or 'none'}",
                               flush=True)
+
+
+def _is_child() -> bool:
+    return os.environ.get(CHILD_ENV) == "1"
+
+
+def _run_lanes(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]], failed: list[str]) -> None:
+    """Child soaks, one per lane, their output passed on line by line with the lane's number."""
+    with tempfile.TemporaryDirectory(prefix="lockstep-soak-lanes-") as tmp:
+        children: list[tuple[int, subprocess.Popen[str], Path]] = []
+        for lane in range(args.lanes):
+            out = Path(tmp) / f"lane-{lane}.json"
+            command = [sys.executable, __file__, "--scenarios", str(args.scenarios), "--seed", str(first),
+                       "--providers", args.providers, "--backends", args.backends, "--restart-every",
+                       str(args.restart_every), "--lanes", str(args.lanes), "--lane", str(lane), "--json", str(out)]
+            if args.stop_on_failure:
+                command.append("--stop-on-failure")
+            children.append((lane, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                    text=True, env={**os.environ, CHILD_ENV: "1"}), out))
+        readers = [threading.Thread(target=_relay, args=(lane, child), daemon=True) for lane, child, _ in children]
+        for reader in readers:
+            reader.start()
+        try:
+            for _, child, _ in children:
+                child.wait()
+        finally:
+            for _, child, _ in children:
+                if child.poll() is None:
+                    child.terminate()  # each child stops cleanly and still writes its outcomes
+            for _, child, _ in children:
+                child.wait()
+            for reader in readers:
+                reader.join(timeout=10)
+            for _, _, out in children:
+                if out.exists():
+                    outcomes.extend(json.loads(out.read_text()))
+        failed.extend(f"{o['provider']}/{o['backend']} seed {o['seed']}" for o in outcomes if not o["ok"])
+
+
+def _relay(lane: int, child: subprocess.Popen[str]) -> None:
+    assert child.stdout is not None
+    for line in child.stdout:
+        print(f"lane {lane}: {line}", end="", flush=True)
 
 
 def _finish(outcomes: list[dict[str, object]], failed: list[str], began: float, out: Path | None) -> int:
