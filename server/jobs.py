@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, text, update
+from sqlalchemy.orm import aliased
 
-from server.db import Database
+from server.db import Database, advisory_key
 from server.models import Job
 
 log = logging.getLogger("lockstep.jobs")
@@ -38,6 +39,7 @@ DEFAULT_LEASE = timedelta(minutes=2)
 MAX_ATTEMPTS = 12
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = timedelta(minutes=30)
+CLAIM_TRIES = 20  # keyed jobs found busy in one claim before it gives up until the next round
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
     worker: str = ""
+    dedupe_key: str = ""
 
 
 def worker_name() -> str:
@@ -72,25 +75,75 @@ def enqueue(session: Any, kind: str, payload: dict[str, Any] | None = None, *,
 
 def claim(database: Database, kinds: list[str] | None = None, *, worker: str | None = None,
           lease: timedelta = DEFAULT_LEASE, now: datetime | None = None) -> ClaimedJob | None:
-    """Take the oldest due job (or one whose lease ran out), exclusively."""
+    """Take the oldest due job (or one whose lease ran out), exclusively, skipping any whose
+    (kind, dedupe key) has another job running on a live lease.
+
+    One job per key at a time: two syncs of one calendar would read the same cursor and both
+    write it back, and would mirror the same remote changes side by side (issue 7). A job
+    whose key is busy stays waiting and the claim moves on to the next due one, never blocks.
+
+    The check alone is not enough on PostgreSQL: under READ COMMITTED two claimers can each
+    lock (SKIP LOCKED) a different job of one key, both seeing no running sibling. So a
+    keyed job becomes RUNNING only under ``pg_try_advisory_xact_lock`` of its key, and the
+    check is repeated once the lock is held: a new statement sees every claim committed
+    before the lock was released (PostgreSQL ends a transaction's visibility before it
+    releases its locks), and a claim still in flight holds the lock, so we skip. A partial
+    unique index on running keys would also hold, but a clash there waits for the other
+    transaction and then aborts ours, and it would forbid taking a job over from a dead
+    worker while a sibling is marked running. SQLite claims under ``BEGIN IMMEDIATE``:
+    one claimer at a time, the check suffices.
+    """
     now = now or datetime.now(UTC)
+    with database.write([]) as session:
+        if not database.is_sqlite:  # the re-check under the key's lock needs a statement-fresh snapshot
+            session.connection(execution_options={"isolation_level": "READ COMMITTED"})
+        skipped: list[int] = []
+        for _ in range(CLAIM_TRIES):
+            query = _due(now, kinds, skipped)
+            if not database.is_sqlite:
+                query = query.with_for_update(skip_locked=True, of=Job)
+            job = session.scalar(query)
+            if job is None:
+                return None
+            if job.dedupe_key and not database.is_sqlite and not _key_free(session, job, now):
+                skipped.append(job.id)  # locked by us until commit: other claimers skip it as well
+                continue
+            job.state = RUNNING
+            job.attempts += 1
+            job.lease_until = now + lease
+            job.worker = worker or worker_name()
+            job.updated_at = now
+            return ClaimedJob(int(job.id), job.kind, json.loads(job.payload), job.attempts, job.worker,
+                              job.dedupe_key)
+        return None
+
+
+def _due(now: datetime, kinds: list[str] | None, skipped: list[int]) -> Select[tuple[Job]]:
+    """The oldest due job whose key has no other job running on a live lease."""
+    sibling = aliased(Job)
+    key_busy = select(sibling.id).where(*_live_sibling(sibling, Job.kind, Job.dedupe_key, Job.id, now)).exists()
     due = or_(and_(Job.state == READY, Job.run_at <= now),
               and_(Job.state == RUNNING, Job.lease_until < now))
-    query = select(Job).where(due).order_by(Job.run_at, Job.id).limit(1)
+    query = select(Job).where(due, or_(Job.dedupe_key == "", ~key_busy)).order_by(Job.run_at, Job.id).limit(1)
     if kinds:
         query = query.where(Job.kind.in_(kinds))
-    if not database.is_sqlite:
-        query = query.with_for_update(skip_locked=True)
-    with database.write([]) as session:
-        job = session.scalar(query)
-        if job is None:
-            return None
-        job.state = RUNNING
-        job.attempts += 1
-        job.lease_until = now + lease
-        job.worker = worker or worker_name()
-        job.updated_at = now
-        return ClaimedJob(int(job.id), job.kind, json.loads(job.payload), job.attempts, job.worker)
+    if skipped:
+        query = query.where(Job.id.notin_(skipped))
+    return query
+
+
+def _key_free(session: Any, job: Job, now: datetime) -> bool:
+    """Hold the key's advisory lock (without waiting) and see, in a fresh snapshot, no sibling running."""
+    if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                          {"key": advisory_key(f"job:{job.kind}:{job.dedupe_key}")}):
+        return False
+    return session.scalar(select(Job.id).where(
+        *_live_sibling(Job, job.kind, job.dedupe_key, job.id, now)).limit(1)) is None
+
+
+def _live_sibling(row: Any, kind: Any, key: Any, job_id: Any, now: datetime) -> list[ColumnElement[bool]]:
+    """``row`` is another job of this kind and key, running on a lease that has not run out."""
+    return [row.kind == kind, row.dedupe_key == key, row.id != job_id, row.state == RUNNING, row.lease_until >= now]
 
 
 def _owned(job: ClaimedJob) -> ColumnElement[bool]:
