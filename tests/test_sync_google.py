@@ -9,7 +9,10 @@ import requests
 from sqlalchemy import select
 
 import json
+import re
 import secrets
+import time
+from itertools import pairwise
 
 from server.models import Job, Notification, RemoteCalendarRow
 from server.providers.google_write import event_id_for
@@ -194,3 +197,33 @@ def test_cancelled_booking_goes_out_once_and_is_not_restored(server: LockstepSer
             Notification.tech == user, Notification.kind == "booking_reverted")).all()
     assert not [m for m in messages if uid in m]
     assert (google.get_event(email, event_id_for(uid)) or {}).get("status") == "cancelled"
+
+
+def test_syncs_of_one_calendar_never_overlap(server: LockstepServer, api: Api, google: GoogleSandbox,
+                                             connected: tuple[str, str]) -> None:
+    """Pushes arriving during a slow sync each queue a sync of the calendar; the other worker
+    thread must leave it until the running one ends (issue 7: two syncs read and write back
+    one sync token). Every list call is slowed by ``delay``, so two list calls of overlapping
+    syncs would start less than ``delay`` apart."""
+    email = f"{connected[0]}@example.com"
+    delay = 1.0
+    slow = google.add_fault("latency", delay=delay, method="GET", path=rf"/calendars/{re.escape(email)}/events$",
+                            remaining=None)
+    started = time.time()
+    expected = []
+    for hour in range(10, 16):
+        span = {"start": f"2026-12-01T{hour}:00:00Z", "end": f"2026-12-01T{hour}:30:00Z"}
+        google.create_event(email, {"summary": f"Burst {hour}", "start": {"dateTime": span["start"]},
+                                    "end": {"dateTime": span["end"]}})
+        expected.append(span)
+        time.sleep(0.4)
+    try:
+        eventually(lambda: all(span in _busy(api, connected[0]) for span in expected), timeout=60,
+                   what="every event of the burst in free/busy")
+    finally:
+        slow.remaining = 0
+    lists = sorted(r["time"] for r in google.request_log(f"/calendars/{email}/events")
+                   if r["method"] == "GET" and r["path"].endswith("/events") and r["time"] >= started)
+    assert len(lists) >= 3, lists  # several syncs ran during the burst
+    gaps = [later - earlier for earlier, later in pairwise(lists)]
+    assert min(gaps) >= delay * 0.95, gaps
