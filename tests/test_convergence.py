@@ -30,7 +30,7 @@ from server.providers.microsoft import MicrosoftProvider
 from server.sandbox.google import GoogleSandbox
 from server.sandbox.graph import GraphSandbox
 from tests.support.convergence import run_scenario
-from tests.support.convergence_invariants import INVARIANTS, Item, Observed
+from tests.support.convergence_invariants import INVARIANTS, Item, Observed, RemoteSide
 from tests.support.convergence_observers import GoogleObserver
 from tests.support.convergence_ops import Booking, Model, local
 from tests.support.convergence_world import WINDOW_START, World, open_world
@@ -353,11 +353,13 @@ def _observed(**changes: Any) -> tuple[Observed, Model]:
     remote = [google.item(e) for e in events]
     specs = [spec for spec in map(google.to_spec, events) if spec]
     at = datetime(2027, 2, 2, 18, tzinfo=timezone.utc)
+    side = RemoteSide("google", "google-primary", changes.pop("remote", remote), changes.pop("remote_specs", specs),
+                      bookings=True)
     seen = Observed(tech="mike", email="mike@example.com", window=(WINDOW_START, WINDOW_START + timedelta(days=35)),
                     items=[Item("mike/bookings", "b1.ics", "b1", '"1"', booking),
                            Item("mike/google-primary", "r1.ics", "p1", '"2"', gym)],
-                    remote=remote, remote_specs=specs, api_busy=[(at, at + timedelta(minutes=90))],
-                    conflicts=[("b1", "mike/google-primary/r1.ics")], jobs=[], mirror_slug="google-primary")
+                    sides=[side], api_busy=[(at, at + timedelta(minutes=90))],
+                    conflicts=[("b1", "mike/google-primary/r1.ics")], jobs=[])
     model = Model(bookings={"b1": Booking("b1", at, at + timedelta(hours=1), "Job")}, ever_booked={"b1"})
     for name, value in changes.items():
         setattr(seen, name, value)
@@ -372,15 +374,15 @@ def test_invariants_hold_for_agreeing_sides_and_name_each_difference() -> None:
     seen, model = _observed()
     assert _broken(seen, model) == []
     seen, model = _observed()
-    assert any("booking b1 is 0 time(s) in the provider" in p for p in _broken(
-        *_observed(remote=seen.remote[1:], remote_specs=seen.remote_specs[1:])))
+    assert any("booking b1 is 0 time(s) in the google calendar" in p for p in _broken(
+        *_observed(remote=seen.sides[0].items[1:], remote_specs=seen.sides[0].specs[1:])))
     assert any(p.startswith("busy_time_equal: API busy") for p in _broken(*_observed(api_busy=[])))
     assert any("no conflict is recorded" in p for p in _broken(*_observed(conflicts=[])))
     assert any("recorded 2 times" in p for p in _broken(*_observed(conflicts=seen.conflicts * 2)))
     assert any("UID p1 stored 2 times" in p for p in _broken(*_observed(items=[*seen.items, replace(
         seen.items[1], calendar="mike/bookings", href="p1.ics")])))
-    renamed = [seen.remote[0], replace(seen.remote[1], summary="Gym (late)")]
-    assert any("provider says 'Gym (late)'" in p for p in _broken(*_observed(remote=renamed)))
+    renamed = [seen.sides[0].items[0], replace(seen.sides[0].items[1], summary="Gym (late)")]
+    assert any("google says 'Gym (late)'" in p for p in _broken(*_observed(remote=renamed)))
     stuck = [{"id": 9, "kind": "push_item", "state": "ready", "attempts": 3, "last_error": "503",
               "future_watch": False}]
     assert any("job 9 push_item still ready" in p for p in _broken(*_observed(jobs=stuck)))

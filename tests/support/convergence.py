@@ -22,15 +22,16 @@ from sqlalchemy import func, select
 from server import jobs, techs
 from server.models import Conflict, Job
 from tests.support.convergence_faults import clear, faults_for
-from tests.support.convergence_invariants import INVARIANTS, Item, Observed
+from tests.support.convergence_invariants import INVARIANTS, Item, Observed, RemoteSide
 from tests.support.convergence_observers import OBSERVERS, observer_for
 from tests.support.convergence_ops import Ctx, Model
-from tests.support.convergence_shapes import SHAPES, operations_for
-from tests.support.convergence_world import World
+from tests.support.convergence_shapes import operations_for, shapes_for
+from tests.support.convergence_world import DUAL, World
 from tests.support.dav import multistatus, report, tag
 
 UTC = timezone.utc
-OBSERVABLE = tuple(OBSERVERS)  # providers whose far end the runner can read back ("google", "microsoft")
+# World kinds the runner can read back: each provider alone, and one tech connected to both at once.
+OBSERVABLE = (*OBSERVERS, DUAL)
 QUIESCENCE_TIMEOUT = 120.0
 FAULT_SHARE = 0.3
 CALENDAR_QUERY = ('<?xml version="1.0"?><c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
@@ -66,12 +67,11 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
     first_job = _last_job_id(world)
     tech = world.add_tech()
     ctx = Ctx(world, tech, rng, model)
-    ctx.note(f"seed {seed}: tech {tech.user} connected to {world.account.provider} on {world.backend}")
+    ctx.note(f"seed {seed}: tech {tech.user} connected to {world.provider} on {world.backend}")
     try:
-        _wait_for_mirror(ctx)
-        provider = world.account.provider
-        operations, faults = operations_for(provider), faults_for(world.backend, provider)
-        shapes = {shape for shape, _ in SHAPES.get(provider, [])}
+        _wait_for_mirrors(ctx)
+        operations, faults = operations_for(world.provider), faults_for(world.backend, world.provider)
+        shapes = {shape for shape, _ in shapes_for(world.provider)}
         count = steps if steps is not None else rng.randint(8, 16)
         for _ in range(count):
             if rng.random() < FAULT_SHARE:
@@ -100,13 +100,14 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
         _forget(world, ctx)
 
 
-def _wait_for_mirror(ctx: Ctx) -> None:
+def _wait_for_mirrors(ctx: Ctx) -> None:
     deadline = time.monotonic() + 30
-    url = ctx.world.mirror_url(ctx.tech)
-    while ctx.tech.dav.request("PROPFIND", url, headers={"Depth": "0"}).status_code != 207:
-        if time.monotonic() > deadline:
-            raise AssertionError("the mirror calendar did not appear after connecting")
-        time.sleep(0.2)
+    for account in ctx.world.accounts:
+        url = ctx.world.mirror_url(ctx.tech, account)
+        while ctx.tech.dav.request("PROPFIND", url, headers={"Depth": "0"}).status_code != 207:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the {account.provider} mirror calendar did not appear after connecting")
+            time.sleep(0.2)
 
 
 def _forget(world: World, ctx: Ctx) -> None:
@@ -145,7 +146,7 @@ def quiesce(ctx: Ctx, first_job: int) -> Observed:
 
 def _snapshot(seen: Observed) -> Any:
     return (sorted((i.calendar, i.href, i.etag) for i in seen.items),
-            sorted((e.id, e.version) for e in seen.remote), seen.api_busy)
+            [sorted((e.id, e.version) for e in side.items) for side in seen.sides], seen.api_busy)
 
 
 def _busy_jobs(world: World) -> list[str]:
@@ -183,12 +184,14 @@ def _last_job_id(world: World) -> int:
 def observe(ctx: Ctx, first_job: int) -> Observed:
     world, tech = ctx.world, ctx.tech
     start, end = world.window
-    observer = observer_for(world.account)
+    sides = []
+    for account in world.accounts:
+        observer = observer_for(account)
+        sides.append(RemoteSide(account.provider, account.mirror_slug, observer.items(tech.email),
+                                observer.specs(tech.email, start, end), bookings=account is world.account))
     return Observed(
-        tech=tech.user, email=tech.email, window=world.window, items=_dav_items(ctx),
-        remote=observer.items(tech.email), remote_specs=observer.specs(tech.email, start, end),
-        api_busy=_api_busy(ctx, start, end),
-        conflicts=_conflicts(ctx), jobs=_jobs(world, first_job), mirror_slug=world.account.mirror_slug)
+        tech=tech.user, email=tech.email, window=world.window, items=_dav_items(ctx), sides=sides,
+        api_busy=_api_busy(ctx, start, end), conflicts=_conflicts(ctx), jobs=_jobs(world, first_job))
 
 
 def _dav_items(ctx: Ctx) -> list[Item]:

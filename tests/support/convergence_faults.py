@@ -4,6 +4,9 @@ Provider faults are bounded (a few failing calls each), as real outages end;
 what must hold is that Lockstep converges once they do. Faults of the far end
 (errors, latency, a lost sync cursor, push misdelivery) go through the
 emulator's control API behind one face per provider (:class:`EmulatorFaults`).
+In a world of several providers each such fault, a cursor's expiry and a
+revoked grant first draw which provider they hit; a killed worker slows every
+emulator; clearing clears them all and reconnects every revoked grant.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.convergence_ops import Ctx
+from tests.support.convergence_world import SEPARATOR
 
 
 class EmulatorFaults:
@@ -95,16 +99,16 @@ EMULATORS: dict[str, Callable[[Any], EmulatorFaults]] = {
 }
 
 
-def emulator(ctx: Ctx) -> EmulatorFaults | None:
-    """The fault face of the world's provider; None for a far end without one (remote CalDAV)."""
-    make = EMULATORS.get(ctx.world.account.provider)
-    return make(ctx.world.account) if make else None
+def emulators(ctx: Ctx) -> list[EmulatorFaults]:
+    """The fault faces of the world's providers (none for a far end without one: remote CalDAV)."""
+    return [EMULATORS[a.provider](a) for a in ctx.world.accounts if a.provider in EMULATORS]
 
 
 def _emulator(ctx: Ctx) -> EmulatorFaults:
-    face = emulator(ctx)
-    assert face is not None, f"no emulator faults for {ctx.world.account.provider}"
-    return face
+    """The emulator a fault hits: drawn from the seed when the world has several."""
+    faces = emulators(ctx)
+    assert faces, f"no emulator faults for {ctx.world.provider}"
+    return ctx.pick(faces)
 
 
 def rate_limited(ctx: Ctx) -> None:
@@ -126,8 +130,9 @@ def slow(ctx: Ctx) -> None:
 
 
 def expired_cursor(ctx: Ctx) -> None:
-    ctx.world.account.expire_cursor(ctx.tech.user)
-    ctx.note("fault: every sync cursor issued so far expires")
+    account = ctx.remote()
+    account.expire_cursor(ctx.tech.user)
+    ctx.note(f"fault: every {account.provider} sync cursor issued so far expires")
 
 
 def sync_token_gone(ctx: Ctx) -> None:
@@ -154,9 +159,10 @@ def push_reordered(ctx: Ctx) -> None:
 
 
 def grant_revoked(ctx: Ctx) -> None:
-    ctx.world.account.revoke(ctx.tech.user)
-    ctx.model.revoked.add(ctx.tech.user)
-    ctx.note("fault: the tech revokes Lockstep's access (reconnected before quiescence)")
+    account = ctx.remote()
+    account.revoke(ctx.tech.user)
+    ctx.model.revoked.add((account.provider, ctx.tech.user))
+    ctx.note(f"fault: the tech revokes Lockstep's {account.provider} access (reconnected before quiescence)")
 
 
 def worker_killed(ctx: Ctx) -> None:
@@ -165,8 +171,7 @@ def worker_killed(ctx: Ctx) -> None:
     from server.sync_admin import sync_now
     from server.techs import AdminError
 
-    face = emulator(ctx)
-    if face is not None:
+    for face in emulators(ctx):
         face.slow(1.0, 2)
     with contextlib.suppress(AdminError):  # no calendar yet: the kill still hits whatever runs
         sync_now(ctx.world.server.database, ctx.tech.user)
@@ -192,13 +197,12 @@ def database_dropped(ctx: Ctx) -> None:
 
 def clear(ctx: Ctx) -> None:
     """End every fault: no more injected errors, push delivered faithfully, access restored."""
-    face = emulator(ctx)
-    if face is not None:
+    for face in emulators(ctx):
         face.clear()
     ctx.world.ensure_worker()
-    for user in sorted(ctx.model.revoked):
-        ctx.world.account.reconnect(ctx.world.server, user)
-        ctx.note(f"quiesce: {user} reconnected")
+    for provider, user in sorted(ctx.model.revoked):  # in connection order: "google" < "microsoft"
+        ctx.world.side(provider).reconnect(ctx.world.server, user)
+        ctx.note(f"quiesce: {user} reconnected to {provider}")
     ctx.model.revoked.clear()
 
 
@@ -209,13 +213,13 @@ EMULATOR_ONLY = (rate_limited, server_errors, slow, sync_token_gone, push_droppe
 
 
 def faults_for(backend: str, provider: str = "google") -> list[tuple[Fault, int]]:
-    """Weighted faults; emulator faults where the far end is an emulator (Google, Graph); a lost
-    database connection only where it can be provoked (PostgreSQL)."""
+    """Weighted faults; emulator faults where every far end is an emulator (Google, Graph); a lost
+    database connection only where it can be provoked (PostgreSQL). ``provider`` is a world kind."""
     chosen: list[tuple[Fault, int]] = [
         (rate_limited, 3), (server_errors, 3), (slow, 2), (expired_cursor, 1), (sync_token_gone, 1),
         (push_dropped, 2), (push_duplicated, 2), (push_reordered, 2), (grant_revoked, 1), (worker_killed, 1),
     ]
-    if provider not in EMULATORS:
+    if not all(name in EMULATORS for name in provider.split(SEPARATOR)):
         chosen = [(fault, weight) for fault, weight in chosen if fault not in EMULATOR_ONLY]
     if backend == "postgresql":
         chosen.append((database_dropped, 2))

@@ -3,8 +3,10 @@
 Each takes the :class:`Observed` state of every side (read after quiescence)
 and the scenario's :class:`Model`, and returns a list of differences (empty:
 holds). Busy time is recomputed independently with tests/support/fb_reference
-from the CalDAV items and from the provider's own expansion of the series
-(read by tests/support/convergence_observers.py).
+from the CalDAV items and from each provider's own expansion of the series
+(read by tests/support/convergence_observers.py). A tech may be connected to
+several providers: each is one :class:`RemoteSide`, and only the bookings
+target holds bookings; the checks are written once for any number of sides.
 """
 
 from __future__ import annotations
@@ -37,25 +39,33 @@ class Item:
 
 
 @dataclass
+class RemoteSide:
+    """One connected provider account as read back after quiescence."""
+
+    name: str  # the provider, for messages
+    mirror_slug: str  # its mirror calendar: /dav/<tech>/<mirror_slug>/
+    items: list[RemoteItem]  # live stored remote events (singles, masters, exceptions)
+    specs: list[ref.EventSpec]  # the provider's own expansion of the window, described
+    bookings: bool  # the bookings target: every live booking belongs here, and only here
+
+
+@dataclass
 class Observed:
     tech: str
     email: str
     window: tuple[datetime, datetime]
     items: list[Item]
-    remote: list[RemoteItem]  # live stored remote events (singles, masters, exceptions)
-    remote_specs: list[ref.EventSpec]  # the provider's own expansion of the window, described
+    sides: list[RemoteSide]
     api_busy: list[Span]
     conflicts: list[tuple[str, str]]  # (booking uid, other_ref)
     jobs: list[dict[str, Any]]  # the jobs created during the scenario
-    mirror_slug: str
 
     @property
     def bookings_calendar(self) -> str:
         return f"{self.tech}/bookings"
 
-    @property
-    def mirror_calendar(self) -> str:
-        return f"{self.tech}/{self.mirror_slug}"
+    def mirror_calendar(self, side: RemoteSide) -> str:
+        return f"{self.tech}/{side.mirror_slug}"
 
 
 # -- iCalendar as fb_reference descriptions ---------------------------------------
@@ -168,14 +178,17 @@ def _booking_times(text: str) -> tuple[datetime, datetime]:
     return event["DTSTART"].dt.astimezone(UTC), event["DTEND"].dt.astimezone(UTC)
 
 
+def _whole(side: RemoteSide) -> list[RemoteItem]:
+    """A side's events that stand alone (exceptions belong to their series' master)."""
+    return [e for e in side.items if not e.part]
+
+
 def no_booking_lost(seen: Observed, model: Model) -> list[str]:
-    """Every acknowledged, live booking: once in our bookings calendar and once remotely, at its
-    time; every cancelled one gone from both."""
+    """Every acknowledged, live booking: once in our bookings calendar and once on the bookings
+    target at its time, on no other side; every cancelled one gone from every side."""
     problems = []
     local = [item for item in seen.items if item.calendar == seen.bookings_calendar]
     local_by_uid = Counter(item.uid for item in local)
-    remote = [e for e in seen.remote if not e.part]
-    remote_by_uid = Counter(e.uid for e in remote)
     for uid, booking in sorted(model.bookings.items()):
         want = (booking.start.astimezone(UTC), booking.end.astimezone(UTC))
         if local_by_uid[uid] != 1:
@@ -184,58 +197,64 @@ def no_booking_lost(seen: Observed, model: Model) -> list[str]:
             got = _booking_times(next(i.text for i in local if i.uid == uid))
             if got != want:
                 problems.append(f"booking {uid} locally at {_show([got])}, acknowledged {_show([want])}")
-        if remote_by_uid[uid] != 1:
-            problems.append(f"booking {uid} is {remote_by_uid[uid]} time(s) in the provider's calendar")
-        else:
-            span = next(e for e in remote if e.uid == uid).span
-            if span != want:
-                problems.append(f"booking {uid} remotely at {_show([span] if span else [])}, "
+        for side in seen.sides:
+            found = [e for e in _whole(side) if e.uid == uid]
+            if len(found) != int(side.bookings):
+                problems.append(f"booking {uid} is {len(found)} time(s) in the {side.name} calendar "
+                                f"(want {int(side.bookings)})")
+            elif found and found[0].span != want:
+                span = found[0].span
+                problems.append(f"booking {uid} in {side.name} at {_show([span] if span else [])}, "
                                 f"acknowledged {_show([want])}")
     for uid in sorted(model.ever_booked - set(model.bookings)):
-        if local_by_uid[uid] or remote_by_uid[uid]:
-            problems.append(f"cancelled booking {uid} still present (local {local_by_uid[uid]}, "
-                            f"remote {remote_by_uid[uid]})")
+        remote = {side.name: n for side in seen.sides if (n := sum(e.uid == uid for e in _whole(side)))}
+        if local_by_uid[uid] or remote:
+            problems.append(f"cancelled booking {uid} still present (local {local_by_uid[uid]}, remote {remote})")
     for uid in sorted(set(local_by_uid) - model.ever_booked):
         problems.append(f"{seen.bookings_calendar} holds {uid}, which the API never acknowledged")
     return problems
 
 
 def no_duplicates(seen: Observed, model: Model) -> list[str]:
-    """One object per UID across the tech's calendars, one remote event per UID, and the mirror
-    holding exactly the provider's personal events (same UIDs, same titles)."""
+    """One object per UID across the tech's calendars, one event per UID on each side, and each
+    side's mirror holding exactly that side's personal events (same UIDs, same titles)."""
     problems = []
     for uid, count in sorted(Counter(item.uid for item in seen.items).items()):
         if count > 1:
             where = [f"{i.calendar}/{i.href}" for i in seen.items if i.uid == uid]
             problems.append(f"UID {uid} stored {count} times: {where}")
-    remote = [e for e in seen.remote if not e.part]
-    for uid, count in sorted(Counter(e.uid for e in remote).items()):
-        if count > 1:
-            ids = [e.id for e in remote if e.uid == uid]
-            problems.append(f"UID {uid} is {count} events remotely: {ids}")
-    mirror = {i.uid: i for i in seen.items if i.calendar == seen.mirror_calendar}
-    personal = {e.uid: e for e in remote if e.uid not in model.ever_booked}
-    for uid in sorted(set(mirror) - set(personal)):
-        problems.append(f"mirror item {mirror[uid].href} (UID {uid}) has no event remotely")
-    for uid in sorted(set(personal) - set(mirror)):
-        problems.append(f"remote event {personal[uid].id} (UID {uid}) is missing from the mirror")
-    for uid in sorted(set(mirror) & set(personal)):
-        local_summary = ical_to_spec(mirror[uid].text, seen.email).summary
-        remote_summary = personal[uid].summary
-        if local_summary != remote_summary:
-            problems.append(f"UID {uid}: mirror says {local_summary!r}, provider says {remote_summary!r}")
+    for side in seen.sides:
+        remote = _whole(side)
+        for uid, count in sorted(Counter(e.uid for e in remote).items()):
+            if count > 1:
+                ids = [e.id for e in remote if e.uid == uid]
+                problems.append(f"UID {uid} is {count} events in {side.name}: {ids}")
+        mirror = {i.uid: i for i in seen.items if i.calendar == seen.mirror_calendar(side)}
+        personal = {e.uid: e for e in remote if e.uid not in model.ever_booked}
+        for uid in sorted(set(mirror) - set(personal)):
+            problems.append(f"mirror item {side.mirror_slug}/{mirror[uid].href} (UID {uid}) has no event "
+                            f"in {side.name}")
+        for uid in sorted(set(personal) - set(mirror)):
+            problems.append(f"{side.name} event {personal[uid].id} (UID {uid}) is missing from its mirror")
+        for uid in sorted(set(mirror) & set(personal)):
+            local_summary = ical_to_spec(mirror[uid].text, seen.email).summary
+            remote_summary = personal[uid].summary
+            if local_summary != remote_summary:
+                problems.append(f"UID {uid}: mirror says {local_summary!r}, {side.name} says {remote_summary!r}")
     return problems
 
 
 def busy_time_equal(seen: Observed, model: Model) -> list[str]:
-    """/api/v1/freebusy == reference over the CalDAV items == reference over the provider's instances."""
+    """/api/v1/freebusy == reference over the CalDAV items == reference over the union of every
+    provider's own instances (the bookings among them, on the target side)."""
     local = blocking([ical_to_spec(i.text, seen.email) for i in seen.items], seen.window)
-    remote = blocking(seen.remote_specs, seen.window)
+    remote = blocking([spec for side in seen.sides for spec in side.specs], seen.window)
     problems = []
     if seen.api_busy != local:
         problems.append(f"API busy [{_show(seen.api_busy)}] != reference over CalDAV items [{_show(local)}]")
     if remote != local:
-        problems.append(f"reference over provider instances [{_show(remote)}] != over CalDAV items [{_show(local)}]")
+        names = "+".join(side.name for side in seen.sides)
+        problems.append(f"reference over {names} instances [{_show(remote)}] != over CalDAV items [{_show(local)}]")
     return problems
 
 

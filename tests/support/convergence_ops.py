@@ -1,10 +1,12 @@
 """The operations of a convergence scenario, one function per thing a side can do.
 
 Sides: the booking API (what it acknowledged is recorded in :class:`Model`),
-a CalDAV client editing the tech's mirror calendar, and the provider's own app
+a CalDAV client editing the tech's mirror calendars, and each provider's own app
 (personal events through the RemoteAccount protocol; shapes only an
 emulator's control API can make, such as series with exceptions, all-day and
-tentative invitations, are in convergence_shapes.py). Every function draws only from ``ctx.rng``, so a seed
+tentative invitations, are in convergence_shapes.py). In a world of several
+providers each remote operation, and each CalDAV edit, first draws which
+account (or mirror) it acts on. Every function draws only from ``ctx.rng``, so a seed
 replays the same choices.
 """
 
@@ -13,10 +15,10 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -25,10 +27,11 @@ import requests
 from tests.support.convergence_observers import RemoteItem, observer_for
 from tests.support.convergence_world import TECH_ZONE, WINDOW_DAYS, WINDOW_START, Tech, World
 from tests.support.dav import event_ics, multistatus, tag
-from tests.support.remote_accounts import utc_text
+from tests.support.remote_accounts import RemoteAccount, utc_text
 
 ZONE = ZoneInfo(TECH_ZONE)
 API_RETRIES = 6
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Model:
 
     bookings: dict[str, Booking] = field(default_factory=dict)
     ever_booked: set[str] = field(default_factory=set)
-    revoked: set[str] = field(default_factory=set)
+    revoked: set[tuple[str, str]] = field(default_factory=set)  # (provider, user) whose grant was revoked
     faults_used: set[str] = field(default_factory=set)
     shapes_used: set[str] = field(default_factory=set)
     log: list[str] = field(default_factory=list)
@@ -60,6 +63,15 @@ class Ctx:
 
     def note(self, text: str) -> None:
         self.model.log.append(f"{len(self.model.log) + 1:>3} {text}")
+
+    def pick(self, sides: Sequence[T]) -> T:
+        """One of several sides, drawn from the seed; no draw when there is only one, so the
+        seeds of a single-provider world replay exactly as before several providers existed."""
+        return sides[0] if len(sides) == 1 else self.rng.choice(list(sides))
+
+    def remote(self) -> RemoteAccount:
+        """The provider account a remote operation acts on."""
+        return self.pick(self.world.accounts)
 
 
 # -- times ---------------------------------------------------------------------------------
@@ -147,21 +159,27 @@ def api_cancel(ctx: Ctx) -> None:
     ctx.note(f"api cancel {uid} -> {answer.status_code}")
 
 
-# -- a CalDAV client on the mirror calendar -------------------------------------------------
-def mirror_items(ctx: Ctx) -> list[tuple[str, str]]:
-    """(href, etag) of the items in the tech's mirror calendar, sorted."""
-    listing = ctx.tech.dav.request("PROPFIND", ctx.world.mirror_url(ctx.tech), headers={"Depth": "1"})
+# -- a CalDAV client on the mirror calendars -------------------------------------------------
+def mirror_items(ctx: Ctx, url: str) -> list[tuple[str, str]]:
+    """(href, etag) of the items in the mirror calendar at ``url``, sorted."""
+    listing = ctx.tech.dav.request("PROPFIND", url, headers={"Depth": "1"})
     if listing.status_code != 207:
         return []
     return sorted((r.href, r.props[tag("d", "getetag")].text or "") for r in multistatus(listing.text)
                   if r.href.endswith(".ics") and tag("d", "getetag") in r.props)
 
 
-def dav_create(ctx: Ctx) -> None:
+def _mirror(ctx: Ctx) -> str:
+    """The mirror calendar a CalDAV edit goes to (one per connected account)."""
+    return ctx.world.mirror_url(ctx.tech, ctx.remote())
+
+
+def dav_create(ctx: Ctx, url: str | None = None) -> None:
+    url = url or _mirror(ctx)
     start, end = personal_slot(ctx)
     uid = f"dav-{uuid.UUID(int=ctx.rng.getrandbits(128))}"
     text = event_ics(uid, f"Phone {ctx.rng.randrange(1000)}", ical_utc(start), ical_utc(end))
-    answer = ctx.tech.dav.put(ctx.world.mirror_url(ctx.tech) + f"{uid}.ics", data=text,
+    answer = ctx.tech.dav.put(url + f"{uid}.ics", data=text,
                               headers={"If-None-Match": "*", "Content-Type": "text/calendar"})
     ctx.note(f"dav create {uid} {_z(start)}..{_z(end)} -> {answer.status_code}")
     assert answer.status_code in (201, 204), answer.text
@@ -172,9 +190,10 @@ def ical_utc(moment: datetime) -> str:
 
 
 def dav_edit(ctx: Ctx) -> None:
-    items = mirror_items(ctx)
+    mirror = _mirror(ctx)
+    items = mirror_items(ctx, mirror)
     if not items:
-        return dav_create(ctx)
+        return dav_create(ctx, mirror)
     href, etag = ctx.rng.choice(items)
     url = ctx.world.server.url + href
     current = ctx.tech.dav.get(url)
@@ -208,21 +227,22 @@ def dav_edit(ctx: Ctx) -> None:
 
 
 def dav_delete(ctx: Ctx) -> None:
-    items = mirror_items(ctx)
+    mirror = _mirror(ctx)
+    items = mirror_items(ctx, mirror)
     if not items:
-        return dav_create(ctx)
+        return dav_create(ctx, mirror)
     href, etag = ctx.rng.choice(items)
     answer = ctx.tech.dav.delete(ctx.world.server.url + href, headers={"If-Match": etag})
     ctx.note(f"dav delete {href} -> {answer.status_code}")
     assert answer.status_code in (200, 204, 404, 412), answer.text
 
 
-# -- the provider's own app --------------------------------------------------------------------
-def _personal(ctx: Ctx, timed_single: bool = False) -> list[RemoteItem]:
-    """Live events of the tech's primary calendar that are not bookings, exceptions of a series
-    left out (and series and all-day events too when ``timed_single``)."""
+# -- the providers' own apps -------------------------------------------------------------------
+def _personal(ctx: Ctx, account: RemoteAccount, timed_single: bool = False) -> list[RemoteItem]:
+    """Live events of the tech's primary calendar at ``account`` that are not bookings, exceptions
+    of a series left out (and series and all-day events too when ``timed_single``)."""
     out = []
-    for event in observer_for(ctx.world.account).items(ctx.tech.email):
+    for event in observer_for(account).items(ctx.tech.email):
         if event.uid in ctx.model.ever_booked or event.part:
             continue
         if timed_single and (event.recurring or event.span is None):
@@ -231,54 +251,61 @@ def _personal(ctx: Ctx, timed_single: bool = False) -> list[RemoteItem]:
     return sorted(out, key=lambda e: e.id)
 
 
-def remote_create(ctx: Ctx) -> None:
+def remote_create(ctx: Ctx, account: RemoteAccount | None = None) -> None:
+    account = account or ctx.remote()
     start, end = personal_slot(ctx)
-    remote_id = ctx.world.account.create(ctx.tech.user, f"Errand {ctx.rng.randrange(1000)}", start, end)
-    ctx.note(f"remote create {remote_id} {_z(start)}..{_z(end)}")
+    remote_id = account.create(ctx.tech.user, f"Errand {ctx.rng.randrange(1000)}", start, end)
+    ctx.note(f"remote create {account.provider} {remote_id} {_z(start)}..{_z(end)}")
 
 
 def remote_move(ctx: Ctx) -> None:
-    events = _personal(ctx, timed_single=True)
+    account = ctx.remote()
+    events = _personal(ctx, account, timed_single=True)
     if not events:
-        return remote_create(ctx)
+        return remote_create(ctx, account)
     event = ctx.rng.choice(events)
     start, end = personal_slot(ctx)
-    ctx.world.account.move(ctx.tech.user, event.id, start, end)
-    ctx.note(f"remote move {event.id} -> {_z(start)}..{_z(end)}")
+    account.move(ctx.tech.user, event.id, start, end)
+    ctx.note(f"remote move {account.provider} {event.id} -> {_z(start)}..{_z(end)}")
 
 
 def remote_rename(ctx: Ctx) -> None:
-    events = _personal(ctx)
+    account = ctx.remote()
+    events = _personal(ctx, account)
     if not events:
-        return remote_create(ctx)
+        return remote_create(ctx, account)
     event = ctx.rng.choice(events)
     summary = f"Renamed {ctx.rng.randrange(1000)}"
-    ctx.world.account.rename(ctx.tech.user, event.id, summary)
-    ctx.note(f"remote rename {event.id} {summary!r}")
+    account.rename(ctx.tech.user, event.id, summary)
+    ctx.note(f"remote rename {account.provider} {event.id} {summary!r}")
 
 
 def remote_delete(ctx: Ctx) -> None:
-    events = _personal(ctx)
+    account = ctx.remote()
+    events = _personal(ctx, account)
     if not events:
-        return remote_create(ctx)
+        return remote_create(ctx, account)
     event = ctx.rng.choice(events)
-    ctx.world.account.delete(ctx.tech.user, event.id)
-    ctx.note(f"remote delete {event.id}")
+    account.delete(ctx.tech.user, event.id)
+    ctx.note(f"remote delete {account.provider} {event.id}")
 
 
 def remote_tamper_booking(ctx: Ctx) -> None:
-    """The tech moves or deletes a booking in their own calendar app (Lockstep must restore it)."""
-    ours = [e for e in ctx.world.account.events(ctx.tech.user) if e.lockstep_uid in ctx.model.bookings]
+    """The tech moves or deletes a booking in their own calendar app (Lockstep must restore it).
+    Bookings live only in the target calendar (the first account's), so that is where it happens;
+    with nothing to tamper with, a personal event is made on a drawn side instead."""
+    target = ctx.world.account
+    ours = [e for e in target.events(ctx.tech.user) if e.lockstep_uid in ctx.model.bookings]
     if not ours:
         return remote_create(ctx)
     event = ctx.rng.choice(sorted(ours, key=lambda e: e.remote_id))
     if ctx.rng.random() < 0.5:
-        ctx.world.account.delete(ctx.tech.user, event.remote_id)
-        ctx.note(f"remote tamper: delete booking {event.lockstep_uid}")
+        target.delete(ctx.tech.user, event.remote_id)
+        ctx.note(f"remote tamper {target.provider}: delete booking {event.lockstep_uid}")
     else:
         start, end = slot(ctx.rng, 6, 21)
-        ctx.world.account.move(ctx.tech.user, event.remote_id, start, end)
-        ctx.note(f"remote tamper: move booking {event.lockstep_uid} -> {_z(start)}")
+        target.move(ctx.tech.user, event.remote_id, start, end)
+        ctx.note(f"remote tamper {target.provider}: move booking {event.lockstep_uid} -> {_z(start)}")
 
 
 Op = Callable[[Ctx], None]

@@ -5,7 +5,8 @@ event, a tentative invitation. Outlook (Graph): the same three in Graph's
 terms (a recurrence pattern in a Windows zone, an exception and a deleted
 occurrence, isAllDay floating midnights, showAs tentative with
 responseStatus tentativelyAccepted), and time Outlook shows that never blocks
-(showAs free / workingElsewhere, declined, cancelled by its organizer). Every
+(showAs free / workingElsewhere, declined, cancelled by its organizer). A world
+of several providers makes the shapes of each (each on its own account). Every
 choice comes from ``ctx.rng``.
 """
 
@@ -17,14 +18,14 @@ from typing import Any
 from tests.support.convergence_ops import (
     OPERATIONS, ZONE, Ctx, Op, ical_utc, local, personal_slot, slot,
 )
-from tests.support.convergence_world import TECH_ZONE, WINDOW_DAYS
+from tests.support.convergence_world import SEPARATOR, TECH_ZONE, WINDOW_DAYS
 from tests.support.remote_accounts import utc_text
 
 WINDOWS_ZONE = "Pacific Standard Time"  # Outlook clients name TECH_ZONE so
 
 
 def _sandbox(ctx: Ctx) -> Any:
-    return ctx.world.account.sandbox  # type: ignore[attr-defined]
+    return ctx.world.side("google").sandbox  # type: ignore[attr-defined]
 
 
 def _zoned(moment: datetime) -> dict[str, str]:
@@ -68,7 +69,7 @@ def google_tentative(ctx: Ctx) -> None:
 
 # -- Outlook (Graph) ---------------------------------------------------------------------------
 def _graph(ctx: Ctx) -> Any:
-    return ctx.world.account.graph  # type: ignore[attr-defined]
+    return ctx.world.side("microsoft").graph  # type: ignore[attr-defined]
 
 
 def _wall(moment: datetime) -> dict[str, str]:
@@ -141,6 +142,11 @@ SHAPES: dict[str, list[tuple[Op, int]]] = {
 }
 
 
-def operations_for(provider: str) -> list[tuple[Op, int]]:
-    """Every side's operations, plus the shapes of ``provider``'s own app."""
-    return OPERATIONS + SHAPES.get(provider, [])
+def shapes_for(kind: str) -> list[tuple[Op, int]]:
+    """The provider-only shapes of a world kind ("google", or "google+microsoft": both sets)."""
+    return [shape for provider in kind.split(SEPARATOR) for shape in SHAPES.get(provider, [])]
+
+
+def operations_for(kind: str) -> list[tuple[Op, int]]:
+    """Every side's operations, plus the shapes of each provider's own app."""
+    return OPERATIONS + shapes_for(kind)

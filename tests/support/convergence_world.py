@@ -1,9 +1,14 @@
-"""The running system a convergence scenario acts on: server, worker, remote account, clients.
+"""The running system a convergence scenario acts on: server, worker, remote accounts, clients.
 
 One world serves many scenarios (each gets fresh techs), because starting
 processes is the slow part. Layout: ``lockstep serve --no-workers`` plus one
 ``lockstep worker`` process that a fault can SIGKILL and restart, both on the
 same database (SQLite file or a PostgreSQL schema).
+
+A world kind names one provider ("google") or several joined by "+"
+("google+microsoft"): every tech is then connected to each far end in that
+order, so bookings go to the first one's primary calendar (Lockstep's default
+target) and every account's personal events block the tech's time.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ WINDOW_START = datetime(2027, 2, 1, 8, 0, tzinfo=UTC)  # Monday 00:00 in Los Ang
 WINDOW_DAYS = 35
 POLL_SECONDS = 3
 LEASE_SECONDS = 4
+SEPARATOR = "+"  # joins the providers of a world kind: "google+microsoft"
+DUAL = "google+microsoft"
 
 
 @dataclass
@@ -49,12 +56,29 @@ class Tech:
 @dataclass
 class World:
     server: LockstepServer
-    account: RemoteAccount
+    accounts: list[RemoteAccount]  # in the order each tech connects them; the first holds the bookings
     api: Api
     backend: str
     worker: LockstepWorker
     app_name: str = ""  # PostgreSQL application_name of every process of this world
     techs: list[Tech] = field(default_factory=list)
+
+    @property
+    def account(self) -> RemoteAccount:
+        """The account bookings are written to (the first connected)."""
+        return self.accounts[0]
+
+    @property
+    def provider(self) -> str:
+        """The world kind: "google", "microsoft", or "google+microsoft"."""
+        return SEPARATOR.join(account.provider for account in self.accounts)
+
+    def side(self, provider: str) -> RemoteAccount:
+        """The account of ``provider`` (LookupError when the world has none)."""
+        for account in self.accounts:
+            if account.provider == provider:
+                return account
+        raise LookupError(f"this {self.provider} world has no {provider} account")
 
     @property
     def window(self) -> tuple[datetime, datetime]:
@@ -65,15 +89,17 @@ class World:
         tentative blocks, and all-day blocks whole local days (not working hours)."""
         user, password = self.server.add_tech(tz=TECH_ZONE)
         techs.update_tech(self.server.database, user, settings=Settings(tentative_blocks=True, allday="whole_day"))
-        self.account.connect(self.server, user)
+        for account in self.accounts:
+            account.connect(self.server, user)
         session = requests.Session()
         session.auth = (user, password)
         tech = Tech(user, password, session)
         self.techs.append(tech)
         return tech
 
-    def mirror_url(self, tech: Tech) -> str:
-        return f"{self.server.dav_url}{tech.user}/{self.account.mirror_slug}/"
+    def mirror_url(self, tech: Tech, account: RemoteAccount | None = None) -> str:
+        """The tech's mirror calendar of ``account`` (default: the first account's)."""
+        return f"{self.server.dav_url}{tech.user}/{(account or self.account).mirror_slug}/"
 
     # -- faults on our side ------------------------------------------------------------
     def kill_worker(self) -> None:
@@ -103,9 +129,9 @@ class World:
 
 @contextlib.contextmanager
 def open_world(data_dir: Path, backend: str, provider: str = "google") -> Iterator[World]:
-    """Server (web only) + one worker process + the provider's far end, all stopped afterwards."""
+    """Server (web only) + one worker process + each provider's far end, all stopped afterwards."""
     with contextlib.ExitStack() as stack:
-        account = stack.enter_context(open_account(provider))
+        accounts = [stack.enter_context(open_account(name)) for name in provider.split(SEPARATOR)]
         app_name = ""
         if backend == "postgresql":
             app_name = "lockstep-conv-" + secrets.token_hex(4)
@@ -113,7 +139,8 @@ def open_world(data_dir: Path, backend: str, provider: str = "google") -> Iterat
             database_url = f"{base}&application_name={app_name}"
         else:
             database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
-        env = {**account.env(), "LOCKSTEP_SYNC_POLL_SECONDS": str(POLL_SECONDS),
+        env = {**{k: v for account in accounts for k, v in account.env().items()},
+               "LOCKSTEP_SYNC_POLL_SECONDS": str(POLL_SECONDS),
                "LOCKSTEP_SYNC_LEASE_SECONDS": str(LEASE_SECONDS)}
         server = LockstepServer(data_dir=data_dir, database_url=database_url, extra_env=env)
         stack.callback(server.stop)
@@ -121,5 +148,5 @@ def open_world(data_dir: Path, backend: str, provider: str = "google") -> Iterat
         worker = LockstepWorker(data_dir=data_dir, database_url=database_url, public_url=server.url, extra_env=env)
         stack.callback(worker.stop)
         worker.start()
-        yield World(server=server, account=account, api=api_for(server, "bookings"), backend=backend,
+        yield World(server=server, accounts=accounts, api=api_for(server, "bookings"), backend=backend,
                     worker=worker, app_name=app_name)
