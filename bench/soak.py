@@ -1,7 +1,7 @@
 """Convergence soak: many seeded scenarios of operations and faults, each checked after quiescence.
 
-    .venv/bin/python bench/soak.py --scenarios 1000 [--seed S] [--providers google,microsoft,google+microsoft]
-        [--backends sqlite,postgresql] [--restart-every 100] [--lanes N] [--json FILE]
+    .venv/bin/python bench/soak.py --scenarios 1000 [--seed S]
+        [--providers google,microsoft,google+microsoft] [--backends sqlite,postgresql] [--restart-every 100] [--lanes N] [--json FILE]
 
 Seeds are S, S+1, ... (S defaults to one derived from the clock, printed
 first). Each scenario runs on a fresh tech (tests/support/convergence.py);
@@ -103,11 +103,12 @@ def _run(args: argparse.Namespace, first: int, outcomes: list[dict[str, object]]
                                          "quiesce_seconds": round(result.quiesce_seconds, 2),
                                          "bookings": result.bookings, "items": result.items,
                                          "conflicts": result.conflicts, "faults": list(result.faults),
-                                         "shapes": list(result.shapes)})
+                                         "shapes": list(result.shapes), "fault_sides": list(result.fault_sides)})
                         print(f"[{done}] {provider}/{backend} seed {seed} ok: {result.steps} steps, "
                               f"{result.seconds:.1f}s (quiescence {result.quiesce_seconds:.1f}s), "
                               f"{result.bookings} booking(s), {result.items} item(s), "
-                              f"{result.conflicts} conflict(s), faults: {', '.join(result.faults) or 'none'}; "
+                              f"{result.conflicts} conflict(s), "
+                              f"faults: {', '.join(result.fault_sides or result.faults) or 'none'}; "
                               f"shapes: {', '.join(result.shapes) or 'none'}",
                               flush=True)
 

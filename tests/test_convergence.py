@@ -10,7 +10,6 @@ hold. Many more seeds: bench/soak.py.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -33,10 +32,9 @@ from tests.support.convergence import run_scenario
 from tests.support.convergence_invariants import INVARIANTS, Item, Observed, RemoteSide
 from tests.support.convergence_observers import GoogleObserver
 from tests.support.convergence_ops import Booking, Model, local
-from tests.support.convergence_world import WINDOW_START, World, open_world
+from tests.support.convergence_world import WINDOW_START, World, module_world
 from tests.support.dav import event_ics, multistatus
 from tests.support.google_env import eventually
-from tests.support.lockstep_server import PG_ENV
 from tests.support.microsoft_env import graph_settings, sign_in
 
 # Chosen from soak runs so that together they inject every fault kind and record conflicts
@@ -48,32 +46,24 @@ GRAPH_SQLITE_SEEDS = [30004, 30005, 30009, 30011, 30017]  # every Graph shape an
 GRAPH_POSTGRESQL_SEEDS = [40017]  # lost database connection, revoked grant, a series
 
 
-def _world(factory: pytest.TempPathFactory, backend: str, provider: str) -> Iterator[World]:
-    """One world per module, provider and backend (PostgreSQL only where it is configured)."""
-    if backend == "postgresql" and not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
-    with open_world(factory.mktemp(f"convergence-{provider}-{backend}"), backend, provider) as world:
-        yield world
-
-
 @pytest.fixture(scope="module")
 def sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(tmp_path_factory, "sqlite", "google")
+    yield from module_world(tmp_path_factory, "sqlite", "google")
 
 
 @pytest.fixture(scope="module")
 def postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(tmp_path_factory, "postgresql", "google")
+    yield from module_world(tmp_path_factory, "postgresql", "google")
 
 
 @pytest.fixture(scope="module")
 def graph_sqlite_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(tmp_path_factory, "sqlite", "microsoft")
+    yield from module_world(tmp_path_factory, "sqlite", "microsoft")
 
 
 @pytest.fixture(scope="module")
 def graph_postgresql_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _world(tmp_path_factory, "postgresql", "microsoft")
+    yield from module_world(tmp_path_factory, "postgresql", "microsoft")
 
 
 @pytest.mark.parametrize("seed", SQLITE_SEEDS)

@@ -57,6 +57,7 @@ class Result:
     conflicts: int = 0
     faults: tuple[str, ...] = ()
     shapes: tuple[str, ...] = ()  # provider-only shapes made (series, all-day, tentative, ...)
+    fault_sides: tuple[str, ...] = ()  # with several providers: which one each fault hit ("slow@google")
 
 
 def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
@@ -77,7 +78,10 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
             if rng.random() < FAULT_SHARE:
                 fault = rng.choices([f for f, _ in faults], [w for _, w in faults])[0]
                 model.faults_used.add(fault.__name__)
+                model.hit = ""
                 fault(ctx)
+                if len(world.accounts) > 1:
+                    model.fault_sides.add(f"{fault.__name__}@{model.hit}" if model.hit else fault.__name__)
             else:
                 operation = rng.choices([o for o, _ in operations], [w for _, w in operations])[0]
                 if operation in shapes:
@@ -91,7 +95,7 @@ def run_scenario(world: World, seed: int, steps: int | None = None) -> Result:
             raise ScenarioFailed(seed, "invariants broken:\n  " + "\n  ".join(problems), model.log)
         return Result(seed, count, time.monotonic() - began, time.monotonic() - settled, len(model.bookings),
                       len(seen.items), len(seen.conflicts), tuple(sorted(model.faults_used)),
-                      tuple(sorted(model.shapes_used)))
+                      tuple(sorted(model.shapes_used)), tuple(sorted(model.fault_sides)))
     except ScenarioFailed:
         raise
     except Exception as exc:

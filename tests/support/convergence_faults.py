@@ -24,6 +24,8 @@ class EmulatorFaults:
     """What a fault asks of the provider's emulator; one face per provider, so the faults
     themselves are written once."""
 
+    provider = ""
+
     def rate_limit(self, count: int) -> None:
         raise NotImplementedError
 
@@ -46,6 +48,8 @@ class EmulatorFaults:
 
 
 class GoogleFaults(EmulatorFaults):
+    provider = "google"
+
     def __init__(self, google: Any) -> None:
         self.google = google
 
@@ -70,6 +74,8 @@ class GoogleFaults(EmulatorFaults):
 
 
 class GraphFaults(EmulatorFaults):
+    provider = "microsoft"
+
     def __init__(self, graph: Any) -> None:
         self.graph = graph
 
@@ -108,7 +114,9 @@ def _emulator(ctx: Ctx) -> EmulatorFaults:
     """The emulator a fault hits: drawn from the seed when the world has several."""
     faces = emulators(ctx)
     assert faces, f"no emulator faults for {ctx.world.provider}"
-    return ctx.pick(faces)
+    face = ctx.pick(faces)
+    ctx.model.hit = face.provider
+    return face
 
 
 def rate_limited(ctx: Ctx) -> None:

@@ -50,6 +50,8 @@ class Model:
     ever_booked: set[str] = field(default_factory=set)
     revoked: set[tuple[str, str]] = field(default_factory=set)  # (provider, user) whose grant was revoked
     faults_used: set[str] = field(default_factory=set)
+    fault_sides: set[str] = field(default_factory=set)  # with several providers: "fault@provider" (or "fault")
+    hit: str = ""  # the provider the running fault drew, if it drew one
     shapes_used: set[str] = field(default_factory=set)
     log: list[str] = field(default_factory=list)
 
@@ -70,8 +72,10 @@ class Ctx:
         return sides[0] if len(sides) == 1 else self.rng.choice(list(sides))
 
     def remote(self) -> RemoteAccount:
-        """The provider account a remote operation acts on."""
-        return self.pick(self.world.accounts)
+        """The provider account a remote operation (or fault) acts on."""
+        account = self.pick(self.world.accounts)
+        self.model.hit = account.provider
+        return account
 
 
 # -- times ---------------------------------------------------------------------------------

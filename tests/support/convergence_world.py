@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import requests
 import sqlalchemy
 
@@ -125,6 +126,14 @@ class World:
         finally:
             engine.dispose()
         return int(killed or 0)
+
+
+def module_world(factory: pytest.TempPathFactory, backend: str, provider: str) -> Iterator[World]:
+    """A world for one test module's fixture (PostgreSQL only where it is configured)."""
+    if backend == "postgresql" and not os.environ.get(PG_ENV):
+        pytest.skip(f"{PG_ENV} not set")
+    with open_world(factory.mktemp(f"convergence-{provider}-{backend}"), backend, provider) as world:
+        yield world
 
 
 @contextlib.contextmanager
