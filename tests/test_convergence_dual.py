@@ -25,11 +25,14 @@ from tests.support.convergence_ops import Booking, Model
 from tests.support.convergence_world import DUAL, WINDOW_START, World, module_world
 from tests.support.dav import event_ics
 
-# Chosen from bench/soak.py --providers google+microsoft output so that together they make shapes
-# of both providers, hit both emulators with faults and record conflicts (a change to the
-# operations changes what a seed does: pick again from the soak's output).
-DUAL_SQLITE_SEEDS: list[int] = []
-DUAL_POSTGRESQL_SEEDS: list[int] = []
+# Chosen from bench/soak.py --providers google+microsoft output so that together they revoke each
+# grant, hit both emulators with faults, make shapes of both providers and record a conflict
+# (a change to the operations changes what a seed does: pick again from the soak's output).
+DUAL_SQLITE_SEEDS = [
+    70018,  # Google (the bookings target) revoked with bookings live; Google 410; Outlook 429; a series
+    70020,  # Outlook revoked, Outlook 5xx; Google series and all-day, Outlook all-day
+]
+DUAL_POSTGRESQL_SEEDS = [80011]  # connections dropped, a conflict, four Outlook faults, Google tentative
 
 
 @pytest.fixture(scope="module")
