@@ -109,6 +109,7 @@ def test_dual_invariants_hold_for_agreeing_sides_and_name_each_side() -> None:
     assert any("microsoft event id-o1 (UID o1) is missing from its mirror" in p for p in _broken(
         *_dual_observed(items=seen.items[:2], api_busy=seen.api_busy[:1])))
     # Busy time: the API must include Outlook's time; the union of both providers' expansions too.
-    assert any(p.startswith("busy_time_equal: API busy") for p in _broken(*_dual_observed(api_busy=seen.api_busy[:1])))
+    assert any(p.startswith("busy_time_equal: API busy") for p in _broken(
+        *_dual_observed(api_busy=seen.api_busy[:1])))
     assert any("reference over google+microsoft instances" in p for p in _broken(
         *_dual_observed(outlook={"specs": []})))
