@@ -7,7 +7,8 @@ Seeds are S, S+1, ... (S defaults to one derived from the clock, printed
 first). Each scenario runs on a fresh tech (tests/support/convergence.py);
 one server + worker + emulator serve many scenarios and are restarted every
 ``--restart-every``. ``google+microsoft`` is one tech connected to both
-emulators at once (bookings to Google, personal events from both). A failure
+emulators at once (bookings to Google, personal events from both;
+``microsoft+google`` connects Outlook first, so bookings go there). A failure
 prints its seed, the broken invariants and the step log; replay it with ``--seed <seed> --scenarios 1`` (same code: a change to
 the operations changes what a seed does). A scenario spends most of its time
 waiting for syncs, so ``--lanes N`` runs N child soaks side by side, each with its

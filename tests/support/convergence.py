@@ -26,12 +26,13 @@ from tests.support.convergence_invariants import INVARIANTS, Item, Observed, Rem
 from tests.support.convergence_observers import OBSERVERS, observer_for
 from tests.support.convergence_ops import Ctx, Model
 from tests.support.convergence_shapes import operations_for, shapes_for
-from tests.support.convergence_world import DUAL, World
+from tests.support.convergence_world import DUAL, DUAL_OUTLOOK_FIRST, World
 from tests.support.dav import multistatus, report, tag
 
 UTC = timezone.utc
-# World kinds the runner can read back: each provider alone, and one tech connected to both at once.
-OBSERVABLE = (*OBSERVERS, DUAL)
+# World kinds the runner can read back: each provider alone, and one tech connected to both at once
+# (in either order: the first connected holds the bookings).
+OBSERVABLE = (*OBSERVERS, DUAL, DUAL_OUTLOOK_FIRST)
 QUIESCENCE_TIMEOUT = 120.0
 FAULT_SHARE = 0.3
 CALENDAR_QUERY = ('<?xml version="1.0"?><c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'

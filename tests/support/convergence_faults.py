@@ -208,7 +208,7 @@ def clear(ctx: Ctx) -> None:
     for face in emulators(ctx):
         face.clear()
     ctx.world.ensure_worker()
-    for provider, user in sorted(ctx.model.revoked):  # in connection order: "google" < "microsoft"
+    for provider, user in sorted(ctx.model.revoked):  # the connection row is re-used: order is free
         ctx.world.side(provider).reconnect(ctx.world.server, user)
         ctx.note(f"quiesce: {user} reconnected to {provider}")
     ctx.model.revoked.clear()

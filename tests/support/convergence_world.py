@@ -40,7 +40,8 @@ WINDOW_DAYS = 35
 POLL_SECONDS = 3
 LEASE_SECONDS = 4
 SEPARATOR = "+"  # joins the providers of a world kind: "google+microsoft"
-DUAL = "google+microsoft"
+DUAL = "google+microsoft"  # bookings to Google, Lockstep's default target (the first account connected)
+DUAL_OUTLOOK_FIRST = "microsoft+google"  # the same two accounts, bookings to Outlook
 
 
 @dataclass
