@@ -29,7 +29,7 @@ from server.providers.microsoft import MicrosoftProvider
 from server.sandbox.google import GoogleSandbox
 from server.sandbox.graph import GraphSandbox
 from tests.support.convergence import run_scenario
-from tests.support.convergence_invariants import INVARIANTS, Item, Observed, RemoteSide
+from tests.support.convergence_invariants import Item, Observed, RemoteSide, broken
 from tests.support.convergence_observers import GoogleObserver
 from tests.support.convergence_ops import Booking, Model, local
 from tests.support.convergence_world import WINDOW_START, World, module_world
@@ -356,26 +356,22 @@ def _observed(**changes: Any) -> tuple[Observed, Model]:
     return seen, model
 
 
-def _broken(seen: Observed, model: Model) -> list[str]:
-    return [f"{check.__name__}: {problem}" for check in INVARIANTS for problem in check(seen, model)]
-
-
 def test_invariants_hold_for_agreeing_sides_and_name_each_difference() -> None:
     seen, model = _observed()
-    assert _broken(seen, model) == []
+    assert broken(seen, model) == []
     seen, model = _observed()
-    assert any("booking b1 is 0 time(s) in the google calendar" in p for p in _broken(
+    assert any("booking b1 is 0 time(s) in the google calendar" in p for p in broken(
         *_observed(remote=seen.sides[0].items[1:], remote_specs=seen.sides[0].specs[1:])))
-    assert any(p.startswith("busy_time_equal: API busy") for p in _broken(*_observed(api_busy=[])))
-    assert any("no conflict is recorded" in p for p in _broken(*_observed(conflicts=[])))
-    assert any("recorded 2 times" in p for p in _broken(*_observed(conflicts=seen.conflicts * 2)))
-    assert any("UID p1 stored 2 times" in p for p in _broken(*_observed(items=[*seen.items, replace(
+    assert any(p.startswith("busy_time_equal: API busy") for p in broken(*_observed(api_busy=[])))
+    assert any("no conflict is recorded" in p for p in broken(*_observed(conflicts=[])))
+    assert any("recorded 2 times" in p for p in broken(*_observed(conflicts=seen.conflicts * 2)))
+    assert any("UID p1 stored 2 times" in p for p in broken(*_observed(items=[*seen.items, replace(
         seen.items[1], calendar="mike/bookings", href="p1.ics")])))
     renamed = [seen.sides[0].items[0], replace(seen.sides[0].items[1], summary="Gym (late)")]
-    assert any("google says 'Gym (late)'" in p for p in _broken(*_observed(remote=renamed)))
+    assert any("google says 'Gym (late)'" in p for p in broken(*_observed(remote=renamed)))
     stuck = [{"id": 9, "kind": "push_item", "state": "ready", "attempts": 3, "last_error": "503",
               "future_watch": False}]
-    assert any("job 9 push_item still ready" in p for p in _broken(*_observed(jobs=stuck)))
+    assert any("job 9 push_item still ready" in p for p in broken(*_observed(jobs=stuck)))
 
 
 def test_emulator_drops_duplicates_and_reorders_push_notifications() -> None:

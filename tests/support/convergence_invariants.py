@@ -293,3 +293,8 @@ def no_job_stuck(seen: Observed, model: Model) -> list[str]:
 
 
 INVARIANTS = (no_booking_lost, no_duplicates, busy_time_equal, conflicts_once, no_job_stuck)
+
+
+def broken(seen: Observed, model: Model) -> list[str]:
+    """Every difference, each prefixed by the invariant it breaks (empty: all hold)."""
+    return [f"{check.__name__}: {problem}" for check in INVARIANTS for problem in check(seen, model)]
