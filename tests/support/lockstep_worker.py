@@ -13,6 +13,7 @@ from pathlib import Path
 from tests.support.lockstep_server import TEST_HORIZON_PAST_DAYS, horizon_env
 
 READY_LINE = "Lockstep worker started"
+START_SECONDS = 90  # as for servers: on a 2-core machine under load 15-20 a start took over 30 s
 
 
 @dataclass
@@ -55,7 +56,7 @@ class LockstepWorker:
                 [sys.executable, "-m", "server.cli", "--data", str(self.data_dir), "worker"],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lockstep worker exited:\n{self.log_file.read_text()}")
