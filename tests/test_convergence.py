@@ -190,6 +190,8 @@ def test_calendar_app_event_over_a_booking_records_one_conflict(sqlite_world: Wo
     booked = world.api.post("/bookings", {"tech": tech.user, "start": "2027-02-11T18:00:00Z",
                                           "end": "2027-02-11T19:00:00Z", "summary": "Boiler"})
     assert booked.status_code == 201, booked.text
+    eventually(lambda: tech.dav.request("PROPFIND", world.mirror_url(tech), headers={"Depth": "0"}).status_code == 207,
+               what="the mirror calendar")  # created by the connection's import; a PUT before it is a 409
     put = tech.dav.put(world.mirror_url(tech) + "dentist.ics", data=event_ics(
         "dentist", "Dentist", "20270211T183000Z", "20270211T193000Z"), headers={"If-None-Match": "*"})
     assert put.status_code == 201, put.text
