@@ -223,9 +223,10 @@ def test_add_tech_connect_google_and_see_a_conflict(page: Page, server: Lockstep
     shot(p, "conflicts")
     p.fill(f"{card} input[name=note]", "Ana moves the dentist")
     p.click(f"{card} button:has-text('Mark resolved')")
-    assert p.locator(card).count() == 0
+    # count() does not wait for the page a click loads: each check waits for it.
+    until(p, lambda: p.locator(card).count() == 0, "the resolved conflict to leave the open list")
     p.click(".subnav a:has-text('Resolved')")
-    assert p.locator(card).count() == 1
+    until(p, lambda: p.locator(card).count() == 1, "the conflict in the resolved list")
 
     # The booking reached Google: its sync status says so.
     p.click("nav >> text=Bookings")
@@ -234,7 +235,7 @@ def test_add_tech_connect_google_and_see_a_conflict(page: Page, server: Lockstep
     shot(p, "bookings")
 
     p.click("nav >> text=Notifications")
-    assert p.locator("tr.kind-conflict").count() >= 1
+    until(p, lambda: p.locator("tr.kind-conflict").count(), "the conflict notification")
     until(p, lambda: p.locator("tr.delivery-sent:has-text('conflict')").count(), "the webhook delivery")
     shot(p, "notifications")
 
