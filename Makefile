@@ -15,6 +15,7 @@ serve: $(STAMP)
 	$(VENV)/bin/lockstep serve
 
 # Four workers on any machine: most test time is waiting on servers and sync polls, not CPU.
-# Each file stays on one worker, so a module's server and emulators start once.
+# Each file stays on one worker, so a module's server and emulators start once; the slowest
+# modules go out first (tests/conftest.py), not reordered by test count.
 test: $(STAMP)
-	$(PY) -m pytest -n 4 --dist loadfile
+	$(PY) -m pytest -n 4 --dist loadfile --no-loadscope-reorder

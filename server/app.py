@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from server import metrics
 from server.config import Config
-from server.db import Database
+from server.db import Database, open_database
 from server.dav.app import DAV_PREFIX, DavGuard, WSGIApp, build_radicale
 from server.security import load_or_create_secret_key
 from server.web import create_flask_app
@@ -28,14 +28,6 @@ class Lockstep:
     config: Config
     database: Database
     wsgi: WSGIApp
-
-
-def open_database(config: Config, *, migrate: bool = True) -> Database:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(config.database_url)
-    if migrate:
-        database.migrate()
-    return database
 
 
 def create_app(config: Config, database: Database | None = None) -> Lockstep:

@@ -116,9 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lockstep: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
-    from server.connections import ConnectError
-    from server.techs import AdminError
-
     try:
         if args.command == "serve":
             from server.serve import serve
@@ -133,15 +130,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_workers(config)
         return _run_admin(config, args)
-    except (AdminError, ConnectError) as exc:
+    except Exception as exc:
+        if not _refusal(exc):
+            raise
         print(f"lockstep: {exc}", file=sys.stderr)
         return 1
 
 
+def _refusal(exc: Exception) -> bool:
+    """A refused command (printed, exit 1), not a crash. Only server.connections raises
+    ConnectError, so it is looked for only once a command has imported that module: importing
+    it for every command (Google's client library with it) was half of a CLI call's start-up."""
+    from server.techs import AdminError
+
+    connections = sys.modules.get("server.connections")
+    return isinstance(exc, AdminError) or (connections is not None and isinstance(exc, connections.ConnectError))
+
+
 def _run_admin(config: Config, args: argparse.Namespace) -> int:
     from server import techs
+    from server.db import open_database
     from server.techs import AdminError
-    from server.app import open_database
 
     database = open_database(config)
     dav_url = f"{config.public_url}/dav/"

@@ -14,12 +14,15 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from server.config import Config
 
 _sqlite_begin: contextvars.ContextVar[str] = contextvars.ContextVar(
     "sqlite_begin", default="BEGIN"
@@ -110,6 +113,16 @@ class Database:
         self.engine.dispose()
         if not self.is_sqlite:
             self._batch_engine.dispose()
+
+
+def open_database(config: Config, *, migrate: bool = True) -> Database:
+    """The configured database, its schema brought up to date. Here, not beside the web app, so
+    that a CLI command does not import Flask, Radicale and the metrics to reach it."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(config.database_url)
+    if migrate:
+        database.migrate()
+    return database
 
 
 def plain_rows(session: Session, statement: Any, params: Mapping[str, Any]) -> Rows:

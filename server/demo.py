@@ -58,7 +58,7 @@ TECHS = (
 
 def run_demo(args: argparse.Namespace) -> int:
     """Start emulators, configure and seed Lockstep, then serve until interrupted."""
-    from server.app import open_database
+    from server.db import open_database
     from server.serve import serve
 
     data_dir = Path(args.data or tempfile.mkdtemp(prefix="lockstep-demo-"))
@@ -99,7 +99,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def database_for(config: Config) -> Database:
-    from server.app import open_database
+    from server.db import open_database
 
     return open_database(config, migrate=False)
 

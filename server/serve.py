@@ -83,7 +83,7 @@ def start_background(config: Config, database: Database, stop: threading.Event) 
 
 def run_workers(config: Config) -> int:
     """``lockstep worker``: the background jobs without the web server, until SIGTERM."""
-    from server.app import open_database
+    from server.db import open_database
 
     database = open_database(config)
     stop = threading.Event()

@@ -42,7 +42,9 @@ def _mirror_uids(server: LockstepServer, user: str, password: str) -> Counter[st
 
 
 def test_sigkill_mid_import_then_restart_converges(backend: str, google: GoogleSandbox, tmp_path: Path) -> None:
-    env = google_env(google, LOCKSTEP_SYNC_POLL_SECONDS="2")
+    # The killed import's job keeps its (calendar) key until its lease runs out: a short lease
+    # lets the restarted server take it over within the test's wait.
+    env = google_env(google, LOCKSTEP_SYNC_POLL_SECONDS="2", LOCKSTEP_SYNC_LEASE_SECONDS="8")
     with running_server(tmp_path / "data", backend, extra_env=env) as server:
         user, password = server.add_tech()
         calendar = f"{user}@example.com"
