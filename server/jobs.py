@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import aliased
 
-from server.db import Database, advisory_key
+from server.db import Database, Query, advisory_key
 from server.models import Job
 
 log = logging.getLogger("lockstep.jobs")
@@ -116,6 +116,26 @@ def claim(database: Database, kinds: list[str] | None = None, *, worker: str | N
             return ClaimedJob(int(job.id), job.kind, json.loads(job.payload), job.attempts, job.worker,
                               job.dedupe_key)
         return None
+
+
+def due_query(kinds: list[str], now: datetime | None = None) -> Query:
+    """Is a job of ``kinds`` due (or its lease run out)? For ``Database.read_many``.
+
+    Idle workers ask several times a second; a claim is a write transaction (a lock, and on
+    PostgreSQL several round trips), so they read first and claim only when this finds one."""
+    return _ANY_DUE, {"kinds": kinds, "now": now or datetime.now(UTC)}
+
+
+def any_due(database: Database, kinds: list[str]) -> bool:
+    [rows] = database.read_many([due_query(kinds)])
+    return bool(rows)
+
+
+_ANY_DUE = select(Job.id).where(
+    Job.kind.in_(bindparam("kinds", expanding=True)),
+    or_(and_(Job.state == READY, Job.run_at <= bindparam("now")),
+        and_(Job.state == RUNNING, Job.lease_until < bindparam("now"))),
+).limit(1)
 
 
 def _due(now: datetime, kinds: list[str] | None, skipped: list[int]) -> Select[tuple[Job]]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from server import jobs
 from server.config import Config
@@ -29,7 +29,6 @@ from server.notify_email import SmtpSettings, send_email
 from server.notify_webhook import WebhookSettings, send_webhook
 
 log = logging.getLogger("lockstep.notify")
-UTC = timezone.utc
 IDLE_WAIT = 0.5
 
 
@@ -135,7 +134,7 @@ def handlers(database: Database, channels: Channels) -> dict[str, Callable[[dict
 
 def run_one(database: Database, channels: Channels, kinds: list[str]) -> bool:
     """Run one due job of ``kinds``; False when there was none."""
-    if not _any_due(database, kinds):  # a read: no write lock taken while idle
+    if not jobs.any_due(database, kinds):  # a read: no write lock taken while idle
         return False
     lease = channels.lease(kinds[0])
     job = jobs.claim(database, kinds, lease=lease)
@@ -160,13 +159,6 @@ def run_one(database: Database, channels: Channels, kinds: list[str]) -> bool:
         if job.kind != JOB_FANOUT:
             log.info("%s %s delivered (notification %s)", job.kind, job.id, job.payload.get("notification"))
     return True
-
-
-def _any_due(database: Database, kinds: list[str]) -> bool:
-    now = datetime.now(UTC)
-    due = or_(and_(Job.state == jobs.READY, Job.run_at <= now), and_(Job.state == jobs.RUNNING, Job.lease_until < now))
-    with database.read() as session:
-        return session.scalar(select(Job.id).where(Job.kind.in_(kinds), due).limit(1)) is not None
 
 
 def start_delivery_workers(database: Database, config: Config, stop: threading.Event) -> list[threading.Thread]:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from server import jobs
-from server.db import Database
+from server.db import Database, Query
 from server.models import DavChange, Marker, RemoteCalendarRow
 
 MARKER = "dispatched_changes"
 BATCH = 500
+
+# A change past the marker: what an idle worker reads before taking the outbox's write lock.
+_WAITING = select(DavChange.id).where(DavChange.id > func.coalesce(
+    select(Marker.value).where(Marker.name == MARKER).scalar_subquery(), 0)).limit(1)
+
+
+def waiting_query() -> Query:
+    """Is there a change the outbox has not dispatched? For ``Database.read_many``."""
+    return _WAITING, {}
 
 
 def dispatch_changes(database: Database, job_kind: str) -> int:
