@@ -401,12 +401,26 @@ def run_all(stop: threading.Event, workers: int, jobs: list[Callable[[], None]])
     pool.shutdown(wait=True)
 
 
+def small_tech_names(count: int) -> list[str]:
+    return [f"tech{t:03d}" for t in range(count)]
+
+
+def loaded_marker(work: Path) -> Path:
+    """What a --workdir run loaded (for --reuse): the day its data is laid out from, and its shape."""
+    return work / "loaded.json"
+
+
+def data_shape(args: argparse.Namespace, backends: list[str]) -> dict[str, object]:
+    return {"events": args.events, "techs": args.techs, "tech_events": args.tech_events, "seed": args.seed,
+            "small_load": args.small_load, "stock": not args.no_stock, "backends": backends}
+
+
 class Bench:
-    def __init__(self, args: argparse.Namespace, deadline: float, stop: threading.Event) -> None:
+    def __init__(self, args: argparse.Namespace, deadline: float, stop: threading.Event,
+                 today: date | None = None) -> None:
         self.args, self.deadline, self.stop = args, deadline, stop
-        now = datetime.now(UTC)
-        self.today = now.date()
-        self.day0 = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        self.today = today or datetime.now(UTC).date()
+        self.day0 = datetime(self.today.year, self.today.month, self.today.day, tzinfo=UTC)
         self.big = make_calendar(args.events, args.seed, self.today, BIG_SHAPE, "b")
         self.small = [make_calendar(args.tech_events, args.seed + 1000 + t, self.today, SMALL_SHAPE, f"t{t}-")
                       for t in range(args.techs)]
@@ -443,7 +457,8 @@ class Bench:
         client = self.client(stack, auth=(BIG_TECH, BIG_PASSWORD))
         calendar = f"{stock.url}{BIG_TECH}/{CALENDAR}/"
         client.request("PROPFIND", f"{stock.url}{BIG_TECH}/", headers={"Depth": "0"}, expect=(207,))
-        client.request("MKCALENDAR", calendar, MKCALENDAR_BODY, XML_HEADERS, expect=(201,))
+        if not self.args.reuse:
+            client.request("MKCALENDAR", calendar, MKCALENDAR_BODY, XML_HEADERS, expect=(201,))
         return Target(Server("stock", stock.process.pid), client, calendar)
 
     def start_lockstep(self, stack: contextlib.ExitStack, work: Path, backend: str) -> Target:
@@ -462,7 +477,8 @@ class Bench:
                 print(f"--- {backend} server log ({lockstep.log_file.name}), around its first error:\n"
                       + "\n".join(lines[max(0, marks[0] - 3):marks[0] + 40]), file=sys.stderr, flush=True)
         stack.push(show_errors)
-        lockstep.add_tech(BIG_TECH, BIG_PASSWORD)
+        if not self.args.reuse:
+            lockstep.add_tech(BIG_TECH, BIG_PASSWORD)
         client = self.client(stack, auth=(BIG_TECH, BIG_PASSWORD))
         calendar = f"{lockstep.dav_url}{BIG_TECH}/{CALENDAR}/"
         client.request("PROPFIND", calendar, headers={"Depth": "0"}, expect=(207,))
@@ -526,7 +542,7 @@ class Bench:
         if not args.techs:
             return []
         started = time.perf_counter()
-        names = [f"tech{t:03d}" for t in range(args.techs)]
+        names = small_tech_names(args.techs)
         password = "small-password-1"
         # techs.add_tech hashes the password with argon2 (CPU-bound, releases the GIL): 2 threads.
         run_all(self.stop, 2, [lambda name=name: lockstep.add_tech(name, password) for name in names])
@@ -834,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-dir", type=Path, default=Path("."), help="where --py-spy writes")
     parser.add_argument("--workdir", type=Path, help="keep server data here instead of a temp dir "
                         "(PostgreSQL: the schema is kept, its URL in WORKDIR/lockstep-postgresql/database_url)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the data an earlier run with the same --workdir and data options loaded, "
+                        "without loading again (windows start on the day that run loaded)")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in backends:
@@ -845,6 +864,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must exceed --stock-head + --stock-tail")
     if args.py_spy:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
+    loaded_day: date | None = None
+    if args.reuse:
+        if args.workdir is None or not loaded_marker(args.workdir).exists():
+            parser.error("--reuse needs the --workdir of an earlier run that finished loading")
+        loaded = json.loads(loaded_marker(args.workdir).read_text())
+        shape = data_shape(args, backends)
+        if loaded["shape"] != shape:
+            parser.error(f"--reuse: {args.workdir} holds {loaded['shape']}, these options ask for {shape}")
+        loaded_day = date.fromisoformat(loaded["day"])
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
@@ -855,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{','.join(backends)}; nproc {os.cpu_count()}, Python {platform.python_version()}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     print(f"# Lockstep tree: {git_describe()}", flush=True)
-    bench = Bench(args, deadline, stop)
+    bench = Bench(args, deadline, stop, loaded_day)
     print(f"# big tech: {describe(bench.big)}", flush=True)
     if bench.small:
         print(f"# small techs: {describe([e for cal in bench.small for e in cal])}", flush=True)
@@ -877,8 +905,18 @@ def main(argv: list[str] | None = None) -> int:
             loads = [(lambda t=t: bench.load_stock(t) if t.lockstep is None else bench.load_lockstep(t))
                      for t in targets]
             started = time.monotonic()
-            log("load", f"loading {len(targets)} servers {'one after another' if args.serial_load else 'in parallel'}")
-            run_all(stop, 1 if args.serial_load else len(loads), loads)
+            if args.reuse:
+                log("load", f"reusing the data loaded on {bench.today} in {work}")
+                for target in targets:
+                    target.small_techs = small_tech_names(args.techs) if target.lockstep is not None else []
+                    target.server.load_note = "loaded by an earlier run (--reuse)"
+            else:
+                log("load", f"loading {len(targets)} servers "
+                    f"{'one after another' if args.serial_load else 'in parallel'}")
+                run_all(stop, 1 if args.serial_load else len(loads), loads)
+                if args.workdir:
+                    loaded_marker(work).write_text(json.dumps(
+                        {"day": bench.today.isoformat(), "shape": data_shape(args, backends)}))
             log("load", f"all loaded in {time.monotonic() - started:.0f}s; CPU used so far: "
                 + ", ".join(f"{t.server.key} {cpu_seconds(t.server.pid):.0f} s" for t in targets)
                 + f", this client {time.process_time():.0f} s; measuring one server at a time "

@@ -169,14 +169,17 @@ def running_server(
 
     ``start_args`` are extra ``lockstep serve`` arguments (e.g. ``--tls-cert``). ``keep_data``
     keeps a PostgreSQL schema too, its URL written to ``DATA/database_url`` (a benchmark's
-    data, reused by a later run).
+    data); with ``keep_data``, a ``DATA/database_url`` already there is that schema, reused.
     """
+    kept = data_dir / "database_url"
     with contextlib.ExitStack() as stack:
-        if backend == "postgresql":
+        if backend == "postgresql" and keep_data and kept.exists():
+            database_url = kept.read_text().strip()
+        elif backend == "postgresql":
             database_url = stack.enter_context(postgres_schema(os.environ[PG_ENV], keep=keep_data))
             if keep_data:
                 data_dir.mkdir(parents=True, exist_ok=True)
-                (data_dir / "database_url").write_text(database_url + "\n")
+                kept.write_text(database_url + "\n")
         else:
             database_url = f"sqlite:///{data_dir / 'lockstep.db'}"
         server = LockstepServer(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
