@@ -865,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.py_spy:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     loaded_day: date | None = None
+    if args.workdir and not args.reuse and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"{args.workdir} already holds data: measure it with --reuse, or name an empty --workdir")
     if args.reuse:
         if args.workdir is None or not loaded_marker(args.workdir).exists():
             parser.error("--reuse needs the --workdir of an earlier run that finished loading")
