@@ -380,6 +380,11 @@ def _quiet(server: LockstepServer) -> bool:
     return not any(j.state == "running" or (j.state == "ready" and _aware(j.run_at) <= now) for j in _jobs(server))
 
 
+def _recorded_channels(server: LockstepServer) -> set[str]:
+    with server.database.read() as session:
+        return {c for c in session.scalars(select(RemoteCalendarRow.watch_channel)) if c}
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
@@ -427,6 +432,8 @@ def test_forged_push_notifications_change_nothing_and_replays_do_no_harm(
                                        if c["calendarId"] == calendar and not c["stopped"]), None), what="a channel")
     subscription = eventually(lambda: next((s for s in graph.subscriptions() if s["user"] == email), None),
                               what="a subscription")
+    # Our hook trusts a channel once the server has recorded it, a moment after the provider opened it.
+    eventually(lambda: {channel["id"], subscription["id"]} <= _recorded_channels(server), what="channels recorded")
     google.create_event(calendar, {"summary": "Real change", "start": {"dateTime": "2027-05-03T10:00:00Z"},
                                    "end": {"dateTime": "2027-05-03T11:00:00Z"}})
     graph.create_event(email, None, {"subject": "Real change", "start": {"dateTime": "2027-05-04T10:00:00",
@@ -437,8 +444,15 @@ def test_forged_push_notifications_change_nothing_and_replays_do_no_harm(
                              what="a Google notification")
     real_graph = eventually(lambda: next(iter(graph.notifications(subscription["id"])), None),
                             what="a Graph notification")
-    eventually(lambda: len(_mirrored_uids(server, google_tech)) == 1 and len(_mirrored_uids(server, graph_tech)) == 1
-               and _quiet(server), timeout=90, what="the syncs")
+    try:
+        eventually(lambda: len(_mirrored_uids(server, google_tech)) == 1
+                   and len(_mirrored_uids(server, graph_tech)) == 1 and _quiet(server), timeout=90, what="the syncs")
+    except AssertionError as timed_out:
+        state = {"mirrored": {t[0]: _mirrored_uids(server, t) for t in (google_tech, graph_tech)},
+                 "jobs": [(j.kind, j.state, str(j.run_at), j.attempts, j.last_error[:200]) for j in _jobs(server)
+                          if j.state != "done"],
+                 "graph": [(d.kind, d.status, d.error) for d in graph.deliveries()]}
+        raise AssertionError(f"{timed_out}: {state}") from None
     mirrored = {t: _mirrored_uids(server, t) for t in (google_tech, graph_tech)}
     remote = (google.stored_events(calendar), graph.stored_events(email))
 

@@ -456,6 +456,25 @@ def test_rate_limits_surface_with_retry_after(google: GoogleSandbox, account: An
     assert [r["status"] for r in google.request_log("/events")[-2:]] == [503, 200]
 
 
+def test_a_slow_reply_is_late_but_the_change_is_made(google: GoogleSandbox, account: Any) -> None:
+    email, api, _ = account
+    fault = google.add_slow_reply(0.5, count=1, path=r"/events$", method="POST")
+    seen: list[list[str]] = []
+    watcher = threading.Timer(0.25, lambda: seen.append([e["summary"] for e in google.stored_events(email)]))
+    watcher.start()
+    started = time.monotonic()
+    api.events().insert(calendarId="primary", body={
+        "summary": "Slow", "start": {"dateTime": "2027-01-04T10:00:00Z"},
+        "end": {"dateTime": "2027-01-04T11:00:00Z"}}).execute()
+    watcher.join()
+    assert time.monotonic() - started >= 0.5
+    assert "Slow" in seen[0]  # stored while the answer was still held back
+    api.events().insert(calendarId="primary", body={
+        "summary": "Quick", "start": {"dateTime": "2027-01-05T10:00:00Z"},
+        "end": {"dateTime": "2027-01-05T11:00:00Z"}}).execute()
+    assert (fault.hits, fault.remaining) == (1, 0)  # once only, as asked
+
+
 def test_token_ttl_is_configurable() -> None:
     with GoogleSandbox(access_token_ttl=30) as short:
         short.add_user("a@example.com")

@@ -389,6 +389,9 @@ class Bridge:
                 row.watch_token, row.watch_expires = watch.token, watch.expires_at
                 renew_in = max(timedelta(seconds=10), (watch.expires_at - datetime.now(UTC)) / 2)
                 jobs.enqueue(session, JOB_WATCH, {"calendar": row.id}, dedupe_key=f"watch:{row.id}", delay=renew_in)
+                # The provider notifies from the moment it opened the channel, but the hook accepts
+                # only what this commit records: a change in between was refused, so catch up now.
+                jobs.enqueue(session, JOB_SYNC, {"calendar": row.id}, dedupe_key=f"sync:{row.id}")
         if old is not None:
             from server.providers.base import Watch
 

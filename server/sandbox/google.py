@@ -193,6 +193,11 @@ class GoogleSandbox:
                     path: str | None = None) -> Fault:
         return self.add_fault("latency", delay=seconds, remaining=count, path=path)
 
+    def add_slow_reply(self, seconds: float, count: int | None = None, path: str | None = None,
+                       method: str | None = None) -> Fault:
+        """Serve at once but answer ``seconds`` later: the caller learns late of what is done."""
+        return self.add_fault("slow_reply", delay=seconds, remaining=count, path=path, method=method)
+
     def fail_sync_tokens(self, count: int | None = 1) -> Fault:
         """The next incremental list calls answer 410 ``fullSyncRequired``."""
         return self.add_fault("sync_gone", remaining=count)

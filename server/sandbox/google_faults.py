@@ -7,6 +7,8 @@ A fault matches requests by method and a path regex and fires for its next
   ``userRateLimitExceeded``, 500, 503, ...) in Google's error shape, with an
   optional ``Retry-After``;
 * ``latency``: sleep ``delay`` seconds, then serve normally (combines with others);
+* ``slow_reply``: serve normally, then hold the answer ``delay`` seconds (a reply slow on
+  its way back: the change is made, the caller learns of it late; combines with others);
 * ``sync_gone``: a list call carrying ``syncToken`` answers 410 ``fullSyncRequired``;
 * ``invalid_grant``: a refresh at the token endpoint answers ``invalid_grant``.
 """
@@ -22,7 +24,7 @@ from server.sandbox import google_errors as errors
 from server.sandbox.google_oauth import OAuthError
 
 OAUTH_PATHS = re.compile(r"^/(o/oauth2/)?(token|revoke)$")
-KINDS = ("error", "latency", "sync_gone", "invalid_grant")
+KINDS = ("error", "latency", "slow_reply", "sync_gone", "invalid_grant")
 
 
 @dataclass
@@ -91,20 +93,24 @@ class Faults:
         with self._lock:
             self.items.clear()
 
-    def take(self, method: str, path: str, args: Any, form: Any) -> tuple[float, Fault | None]:
-        """Consume the matching faults: total added latency and the error to answer."""
-        delay = 0.0
+    def take(self, method: str, path: str, args: Any, form: Any) -> tuple[float, Fault | None, float]:
+        """Consume the matching faults: latency before serving, the error to answer, and the
+        delay of the reply after serving."""
+        delay = reply_delay = 0.0
         failing = None
         with self._lock:
             for fault in self.items:
-                if fault.kind == "latency":
+                if fault.kind in ("latency", "slow_reply"):
                     if fault.applies(method, path, args, form):
-                        delay += fault.delay
+                        if fault.kind == "latency":
+                            delay += fault.delay
+                        else:
+                            reply_delay += fault.delay
                         self._consume(fault)
                 elif failing is None and fault.applies(method, path, args, form):
                     failing = fault
                     self._consume(fault)
-        return delay, failing
+        return delay, failing, reply_delay
 
     @staticmethod
     def _consume(fault: Fault) -> None:

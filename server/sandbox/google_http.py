@@ -55,7 +55,7 @@ def create_app(sb: GoogleSandbox) -> Flask:
         if request.path.startswith("/_sandbox"):
             return
         form = request.form if request.mimetype == "application/x-www-form-urlencoded" else {}
-        delay, fault = sb.faults.take(request.method, request.path, request.args, form)
+        delay, fault, g.reply_delay = sb.faults.take(request.method, request.path, request.args, form)
         if delay:
             time.sleep(delay)
         if fault is not None:
@@ -65,6 +65,8 @@ def create_app(sb: GoogleSandbox) -> Flask:
     def _log_status(response: Response) -> Response:
         if "log" in g:
             g.log["status"] = response.status_code
+        if g.get("reply_delay"):
+            time.sleep(g.reply_delay)
         return response
 
     @app.errorhandler(errors.ApiError)
