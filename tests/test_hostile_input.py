@@ -31,7 +31,7 @@ from server.sandbox.graph import GraphSandbox
 from tests.support.api import api_for
 from tests.support.dav import event_ics, multistatus, propfind, report, sync_collection_body, sync_token
 from tests.support.google_env import connect_google, eventually, google_env
-from tests.support.lockstep_server import LockstepServer, running_server
+from tests.support.lockstep_server import LockstepServer, recorded_channels, running_server
 from tests.support.microsoft_env import connect_microsoft, graph_env
 from tests.support.raw_http import basic, raw_request
 
@@ -380,11 +380,6 @@ def _quiet(server: LockstepServer) -> bool:
     return not any(j.state == "running" or (j.state == "ready" and _aware(j.run_at) <= now) for j in _jobs(server))
 
 
-def _recorded_channels(server: LockstepServer) -> set[str]:
-    with server.database.read() as session:
-        return {c for c in session.scalars(select(RemoteCalendarRow.watch_channel)) if c}
-
-
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
@@ -433,7 +428,7 @@ def test_forged_push_notifications_change_nothing_and_replays_do_no_harm(
     subscription = eventually(lambda: next((s for s in graph.subscriptions() if s["user"] == email), None),
                               what="a subscription")
     # Our hook trusts a channel once the server has recorded it, a moment after the provider opened it.
-    eventually(lambda: {channel["id"], subscription["id"]} <= _recorded_channels(server), what="channels recorded")
+    eventually(lambda: {channel["id"], subscription["id"]} <= recorded_channels(server), what="channels recorded")
     google.create_event(calendar, {"summary": "Real change", "start": {"dateTime": "2027-05-03T10:00:00Z"},
                                    "end": {"dateTime": "2027-05-03T11:00:00Z"}})
     graph.create_event(email, None, {"subject": "Real change", "start": {"dateTime": "2027-05-04T10:00:00",

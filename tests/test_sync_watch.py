@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from server.caldav_bridge.engine import JOB_SYNC
-from server.models import Job, RemoteCalendarRow
+from server.models import Job
 from server.sandbox.google import GoogleSandbox
 from tests.support.api import api_for
 from tests.support.google_env import connect_google, eventually, google_env
-from tests.support.lockstep_server import LockstepServer, running_server
+from tests.support.lockstep_server import LockstepServer, recorded_channels, running_server
 
 
 @pytest.fixture
@@ -43,11 +43,6 @@ def test_channel_renewed_at_half_life_and_old_one_stopped(backend: str, google: 
                    what="a notification on the renewed channel")
 
 
-def _recorded_channel(server: LockstepServer) -> str:
-    with server.database.read() as session:
-        return "".join(c or "" for c in session.scalars(select(RemoteCalendarRow.watch_channel)))
-
-
 def _syncs_done(server: LockstepServer) -> int:
     with server.database.read() as session:
         return len(list(session.scalars(select(Job.id).where(Job.kind == JOB_SYNC, Job.state == "done"))))
@@ -66,16 +61,16 @@ def test_change_made_while_the_channel_opens_is_not_lost(backend: str, google: G
         channel = eventually(lambda: next((c for c in google.channels() if not c["stopped"]), None),
                              what="a channel opened at Google")
         eventually(lambda: _syncs_done(server), what="the first sync")
-        assert not _recorded_channel(server), "the watch reply came back too soon for this test"
+        assert not recorded_channels(server), "the watch reply came back too soon for this test"
         google.create_event(f"{user}@example.com", {"summary": "Made while the channel opened",
                                                     "start": {"dateTime": "2027-05-03T10:00:00Z"},
                                                     "end": {"dateTime": "2027-05-03T11:00:00Z"}})
         refused = eventually(lambda: [n for n in google.notifications(channel["id"])
                                       if n.resource_state == "exists"], what="the change's notification")
         assert [n.status for n in refused] == [403], "the hook accepted a channel it had not recorded yet"
-        assert not _recorded_channel(server), "the watch reply came back too soon for this test"
+        assert not recorded_channels(server), "the watch reply came back too soon for this test"
 
-        eventually(lambda: _recorded_channel(server) == channel["id"], what="the channel to be recorded")
+        eventually(lambda: recorded_channels(server) == {channel["id"]}, what="the channel to be recorded")
         api = api_for(server)
         busy = eventually(lambda: api.get("/freebusy", tech=user, start="2027-05-03T00:00:00Z",
                                           end="2027-05-04T00:00:00Z").json()["techs"][user]["busy"],

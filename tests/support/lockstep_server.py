@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from sqlalchemy import select
 
 from server import techs
 from server.config import normalize_database_url
 from server.db import Database
+from server.models import RemoteCalendarRow
 
 PG_ENV = "LOCKSTEP_TEST_DATABASE_URL"
 
@@ -185,3 +187,9 @@ def running_server(
         server = LockstepServer(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
         stack.callback(server.stop)
         yield server.start(*start_args)
+
+
+def recorded_channels(server: LockstepServer) -> set[str]:
+    """Push channel (Google) and subscription (Graph) ids the server has recorded: the ones its hooks trust."""
+    with server.database.read() as session:
+        return {c for c in session.scalars(select(RemoteCalendarRow.watch_channel)) if c}
