@@ -3,14 +3,13 @@ LOCKSTEP_TEST_DATABASE_URL is set, on PostgreSQL too."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server import horizon
-from tests.support.lockstep_server import PG_ENV, TEST_HORIZON_PAST_DAYS, LockstepServer, running_server
+from tests.support.lockstep_server import skip_without_postgresql, TEST_HORIZON_PAST_DAYS, LockstepServer, running_server
 
 BACKENDS = ["sqlite", "postgresql"]
 # In-process indexing too keeps the fixed-date fixtures inside the horizon (as the test servers do).
@@ -36,8 +35,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql" and not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
+    if request.param == "postgresql":
+        skip_without_postgresql()
     return str(request.param)
 
 

@@ -7,16 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect
 
 from server.db import Database
-from tests.support.lockstep_server import PG_ENV, postgres_schema
+from tests.support.lockstep_server import PG_ENV, skip_without_postgresql, postgres_schema
 
 
 def test_nodes_starting_together_on_an_empty_postgresql_database(tmp_path: Path) -> None:
-    if not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
+    skip_without_postgresql()
     with postgres_schema(os.environ[PG_ENV]) as url:
         env = {**os.environ, "LOCKSTEP_DATABASE_URL": url}
         processes = [

@@ -9,7 +9,6 @@ is tested in that provider's own module.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from server.models import Conflict, Connection, Notification, Tech
 from tests.support.api import Api, api_for
 from tests.support.dav import multistatus
 from tests.support.google_env import eventually
-from tests.support.lockstep_server import PG_ENV, LockstepServer, running_server
+from tests.support.lockstep_server import skip_without_postgresql, LockstepServer, running_server
 from tests.support.remote_accounts import PROVIDERS, RemoteAccount, RemoteView, open_account
 
 DAY = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}
@@ -41,8 +40,8 @@ CASES = [(provider, "sqlite") for provider in PROVIDERS] + [("google", "postgres
 @pytest.fixture(scope="module", params=CASES, ids=lambda case: f"{case[0]}-{case[1]}")
 def case(request: pytest.FixtureRequest) -> tuple[str, str]:
     provider, backend = request.param
-    if backend == "postgresql" and not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
+    if backend == "postgresql":
+        skip_without_postgresql()
     return provider, backend
 
 

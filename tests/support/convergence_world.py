@@ -28,7 +28,7 @@ import sqlalchemy
 from server import techs
 from server.techs import Settings
 from tests.support.api import Api, api_for
-from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema
+from tests.support.lockstep_server import PG_ENV, skip_without_postgresql, LockstepServer, postgres_schema
 from tests.support.lockstep_worker import LockstepWorker
 from tests.support.remote_accounts import RemoteAccount, open_account
 
@@ -131,8 +131,8 @@ class World:
 
 def module_world(factory: pytest.TempPathFactory, backend: str, provider: str) -> Iterator[World]:
     """A world for one test module's fixture (PostgreSQL only where it is configured)."""
-    if backend == "postgresql" and not os.environ.get(PG_ENV):
-        pytest.skip(f"{PG_ENV} not set")
+    if backend == "postgresql":
+        skip_without_postgresql()
     with open_world(factory.mktemp(f"convergence-{provider}-{backend}"), backend, provider) as world:
         yield world
 
