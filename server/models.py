@@ -139,6 +139,18 @@ class BusyInterval(Base):
     kind: Mapped[str] = mapped_column(String(16))
 
 
+class BusyIsland(Base):
+    """The busy index merged per tech, kind and UTC day (server/freebusy/islands.py): what a
+    free/busy request over all of a tech's calendars reads. Pieces never cross a UTC midnight."""
+
+    __tablename__ = "busy_islands"
+
+    tech: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start_utc: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    end_utc: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
 class IdempotentResponse(Base):
     """The first answer to a request carrying an Idempotency-Key, replayed on retries."""
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, text
+from sqlalchemy import delete, insert, select, text
 
 from server.techs import revoke_token
 from server.db import Database, plain_rows
@@ -29,7 +29,8 @@ from server.freebusy.epochs import ical_utc, merge_rows, rfc3339
 from server.freebusy.expand import merge
 from server.freebusy.policy import Policy
 from server.freebusy.vfreebusy import MAX_LINE_OCTETS, fold, report_vfreebusy, vfreebusy
-from server.models import BusyInterval
+from server.freebusy import islands
+from server.models import BusyInterval, BusyIsland, DavCollection
 from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema
 
 UTC = timezone.utc
@@ -174,6 +175,7 @@ def test_scan_matches_a_python_scan_of_the_rows(
             session.execute(insert(BusyInterval), [
                 {"tech": tech, "collection_id": cid, "href": href, "start_utc": a, "end_utc": a + length,
                  "kind": kind} for tech, cid, href, a, length, kind in rows])
+        islands.rebuild(session, ["ann", "bob", "cy"])
     policies = {name: Policy.simple("UTC", tentative_blocks=tentative_blocks and name != "bob") for name in names}
     with database.read() as session:
         got = busy_index.busy_epochs_for_many(session, policies, start, end, ignore_href=ignore,
@@ -187,6 +189,51 @@ def test_scan_matches_a_python_scan_of_the_rows(
 
 
 
+EVENTS = st.lists(st.tuples(st.integers(0, 8 * 96).map(QUARTER.__mul__), st.integers(1, 120).map(QUARTER.__mul__),
+                            st.booleans(), st.sampled_from([None, "WEEKLY;COUNT=4", "DAILY;COUNT=3"])), max_size=3)
+WRITES = st.lists(st.tuples(st.sampled_from(["put", "put", "put", "delete", "forget"]), st.sampled_from([1, 2]),
+                            st.sampled_from(["a.ics", "b.ics"]), EVENTS), min_size=1, max_size=8)
+
+
+def _calendar(day0: int, events: list[tuple[int, int, bool, str | None]]) -> str:
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//lockstep tests//EN"]
+    for n, (offset, length, tentative, rule) in enumerate(events):
+        lines += ["BEGIN:VEVENT", f"UID:e{n}", f"DTSTART:{ical_utc(day0 + offset)}",
+                  f"DTEND:{ical_utc(day0 + offset + length)}", *([f"RRULE:FREQ={rule}"] if rule else []),
+                  *(["STATUS:TENTATIVE"] if tentative else []), "END:VEVENT"]
+    return "\r\n".join([*lines, "END:VCALENDAR", ""])
+
+
+@given(writes=WRITES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_islands_stay_the_merge_of_the_rows_after_every_write(
+    database: Database, writes: list[tuple[str, int, str, list[tuple[int, int, bool, str | None]]]],
+) -> None:
+    """Each transaction rebuilds only the days its writes touched; the pieces must equal the ones
+    built from all of the tech's rows, whatever was put, replaced, deleted or forgotten before.
+    Events cross midnights, repeat on days far apart, and mix busy with tentative."""
+    today = datetime.now(UTC).date()
+    day0 = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp())
+    collections = {cid: DavCollection(id=cid, path=f"ann/cal{cid}", props='{"tag": "VCALENDAR"}') for cid in (1, 2)}
+    policy = Policy.simple("UTC")
+    with database.write(["ann"]) as session:
+        session.execute(delete(BusyInterval))
+        islands.rebuild(session, ["ann"])
+    for action, cid, href, events in writes:
+        with database.write(["ann"]) as session:
+            if action == "forget":
+                busy_index.forget_collection(session, cid)
+            else:
+                text_ = _calendar(day0, events) if action == "put" else None
+                busy_index.reindex_item(session, collections[cid], href, text_, policy)
+        with database.read() as session:
+            stored = session.execute(select(BusyIsland.start_utc, BusyIsland.end_utc, BusyIsland.kind)
+                                     .where(BusyIsland.tech == "ann")).all()
+            rows = session.execute(select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
+                                   .where(BusyInterval.tech == "ann")).all()
+        assert sorted(stored) == sorted(islands.pieces_of(rows, -(1 << 62), 1 << 62)), action
+
+
 def test_read_many_gives_each_query_its_rows_in_one_snapshot(database: Database) -> None:
     """The same rows as reading each query in a session (PostgreSQL: one pipeline of prepared
     statements; a name with quotes and SQL in it is only ever a parameter)."""
@@ -196,6 +243,7 @@ def test_read_many_gives_each_query_its_rows_in_one_snapshot(database: Database)
         session.execute(insert(BusyInterval), [
             {"tech": name, "collection_id": 1, "href": f"{n}.ics", "start_utc": 1000 * n, "end_utc": 1000 * n + 600,
              "kind": "busy"} for n, name in enumerate(names)])
+        islands.rebuild(session, names)
     queries = [busy_index.range_scan([name], 0, 10_000) for name in names] + [busy_index.range_scan(names, 0, 10_000)]
     with database.read() as session:
         expected = [plain_rows(session, statement, params) for statement, params in queries]

@@ -44,3 +44,29 @@ def test_migrations_downgrade_and_upgrade_cleanly(tmp_path: Path) -> None:
     database.migrate()
     assert "busy_intervals" in inspect(database.engine).get_table_names()
     database.dispose()
+
+
+def test_upgrade_builds_the_islands_of_rows_indexed_before_them(tmp_path: Path) -> None:
+    """0008 adds the merged pieces: a database indexed by an earlier version answers from them at once."""
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from server.db import alembic_config
+    from server.models import BusyInterval, BusyIsland
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    command.upgrade(alembic_config(url), "0007")
+    database = Database(url)
+    rows = [("ann", 0, 3600, "busy"), ("ann", 1800, 7200, "busy"), ("ann", 82800, 90000, "tentative"),
+            ("bob", 600, 1200, "busy")]
+    with database.engine.begin() as connection:
+        connection.execute(insert(BusyInterval), [
+            {"tech": tech, "collection_id": 1, "href": f"{n}.ics", "start_utc": a, "end_utc": b, "kind": kind}
+            for n, (tech, a, b, kind) in enumerate(rows)])
+    database.migrate()
+    with database.engine.connect() as connection:
+        stored = connection.execute(select(BusyIsland.tech, BusyIsland.start_utc, BusyIsland.end_utc,
+                                           BusyIsland.kind)).all()
+    database.dispose()
+    assert sorted(stored) == [("ann", 0, 7200, "busy"), ("ann", 82800, 86400, "tentative"),
+                              ("ann", 86400, 90000, "tentative"), ("bob", 600, 1200, "busy")]

@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session
 
 from server.db import Query, Rows, plain_rows
 from server.horizon import window as rolling_window
+from server.freebusy import islands
 from server.freebusy.epochs import EpochSpan, epoch_of, merge_rows, to_datetime
 from server.freebusy.expand import BUSY, TENTATIVE, Span, intervals_for
 from server.freebusy.policy import Policy
 from server.hours import parse_working_hours
-from server.models import BusyInterval, DavCollection, DavItem, Tech, TechSettings
+from server.models import BusyInterval, BusyIsland, DavCollection, DavItem, Tech, TechSettings
 
 log = logging.getLogger("lockstep.freebusy")
 
@@ -98,10 +99,12 @@ def reindex_item(
     policy: Policy | None = None, fallback: Span | None = None, now: datetime | None = None,
 ) -> None:
     """Replace the item's rows over the horizon as of ``now``. ``text`` None means the item is gone."""
-    session.execute(
-        delete(BusyInterval).where(BusyInterval.collection_id == collection.id, BusyInterval.href == href)
-    )
     tech = collection.path.split("/", 1)[0]
+    removed = session.execute(
+        delete(BusyInterval).where(BusyInterval.collection_id == collection.id, BusyInterval.href == href)
+        .returning(BusyInterval.start_utc, BusyInterval.end_utc)
+    ).all()
+    islands.mark(session, tech, removed)
     if text is None or "/" not in collection.path or not collection_blocks(collection):
         return
     policy = policy or policy_for(session, tech)
@@ -122,6 +125,7 @@ def reindex_item(
     ]
     if rows:
         session.execute(insert(BusyInterval), rows)
+        islands.mark(session, tech, ((row["start_utc"], row["end_utc"]) for row in rows))
 
 
 def reindex_collection(session: Session, collection: DavCollection) -> int:
@@ -142,7 +146,10 @@ def reindex_tech(session: Session, username: str) -> int:
 
 
 def forget_collection(session: Session, collection_id: int) -> None:
-    session.execute(delete(BusyInterval).where(BusyInterval.collection_id == collection_id))
+    removed = session.execute(delete(BusyInterval).where(BusyInterval.collection_id == collection_id)
+                              .returning(BusyInterval.tech, BusyInterval.start_utc, BusyInterval.end_utc)).all()
+    for tech, group in groupby(sorted(removed), itemgetter(0)):
+        islands.mark(session, tech, ((start, end) for _, start, end in group))
 
 
 def busy_for(
@@ -175,7 +182,9 @@ def busy_epochs_for_many(
 def range_scan(
     techs: list[str], start: int, end: int, ignore_href: str | None = None, collection_id: int | None = None,
 ) -> Query:
-    """The index scan of ``techs`` over [start, end), for ``merge_scan`` (or ``Database.read_many``)."""
+    """The index scan of ``techs`` over [start, end), for ``merge_scan`` (or ``Database.read_many``).
+    Over all of a tech's calendars it reads the merged pieces (server/freebusy/islands.py); leaving
+    out an item or keeping to one calendar needs the rows themselves."""
     single = len(techs) == 1
     params: dict[str, Any] = {"low": start - DAY, "start": start, "end": end,
                               "tech": techs[0] if single else techs}
@@ -207,23 +216,24 @@ def _blocking(policy: Policy) -> tuple[str, ...]:
 
 @lru_cache(maxsize=None)
 def _range_scan(single: bool, ignore_href: bool, in_collection: bool) -> Any:
-    """The scan of ``ix_busy_tech_start``, built once per shape (building a statement costs more
-    than running it on a quiet calendar), in (tech, start) order as the index gives it.
-    Rows never exceed a day, so start_utc > start - DAY finds every row overlapping start."""
-    columns = (BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
-    statement = select(*columns) if single else select(BusyInterval.tech, *columns)
+    """The scan of ``ix_busy_tech_span`` (or of the islands' primary key), built once per shape
+    (building a statement costs more than running it on a quiet calendar), in (tech, start)
+    order as the index gives it. Rows and pieces never exceed a day, so start_utc > start - DAY
+    finds every one overlapping start."""
+    table: Any = BusyInterval if ignore_href or in_collection else BusyIsland
+    columns = (table.start_utc, table.end_utc, table.kind)
+    statement = select(*columns) if single else select(table.tech, *columns)
     statement = statement.where(
-        BusyInterval.tech == bindparam("tech") if single
-        else BusyInterval.tech.in_(bindparam("tech", expanding=True)),
-        BusyInterval.start_utc > bindparam("low"),
-        BusyInterval.start_utc < bindparam("end"),
-        BusyInterval.end_utc > bindparam("start"),
+        table.tech == bindparam("tech") if single else table.tech.in_(bindparam("tech", expanding=True)),
+        table.start_utc > bindparam("low"),
+        table.start_utc < bindparam("end"),
+        table.end_utc > bindparam("start"),
     )
     if ignore_href:
         statement = statement.where(BusyInterval.href != bindparam("ignore_href"))
     if in_collection:
         statement = statement.where(BusyInterval.collection_id == bindparam("collection_id"))
-    order = (BusyInterval.start_utc,) if single else (BusyInterval.tech, BusyInterval.start_utc)
+    order = (table.start_utc,) if single else (table.tech, table.start_utc)
     return statement.order_by(*order)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 
 from server.db import Database
 from server.freebusy import index as busy_index
-from server.models import BusyInterval, DavCollection, DavItem
+from server.models import BusyInterval, BusyIsland, DavCollection, DavItem
 
 log = logging.getLogger("lockstep.freebusy")
 INTERVAL_SECONDS = 6 * 3600
@@ -40,7 +40,10 @@ def extend_horizon(database: Database, now: datetime | None = None) -> int:
                 if collection is not None and item is not None:
                     busy_index.reindex_item(session, collection, href, item.text, policy, now=now)
     with database.write(["horizon-prune"]) as session:
-        session.execute(delete(BusyInterval).where(BusyInterval.end_utc < int(start.timestamp())))
+        # The pieces of a day that straddles ``start`` may keep time before ``start`` that its pruned
+        # rows no longer have: the index answers nothing before its horizon's start either way.
+        for table in (BusyInterval, BusyIsland):
+            session.execute(delete(table).where(table.end_utc < int(start.timestamp())))
     return len(work)
 
 

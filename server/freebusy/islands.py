@@ -1,0 +1,113 @@
+"""Busy islands: the busy index merged per tech, kind and UTC day, kept in step with every write.
+
+A dense calendar has dozens of index rows a day (one per event instance and calendar); merged,
+they are a few periods. Free/busy over all of a tech's calendars reads these merged pieces
+instead of the rows (about 25 times fewer on the benchmark's 5,000-event tech): less to fetch
+and merge on the path that must answer in milliseconds. Merging the pieces of the kinds a
+policy blocks on, in start order, gives the same periods as merging those kinds' rows, so one
+set of pieces serves every policy.
+
+Pieces never cross a UTC midnight, so a day's pieces depend on that day's rows only. Index
+writes mark the days they touch (``mark``); the marked days are rebuilt from the rows once per
+transaction, just before it commits, under the same tech lock as the rows themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, event, insert, select
+from sqlalchemy.orm import Session
+
+from server.models import BusyInterval, BusyIsland
+
+DAY = 86400
+Piece = tuple[int, int, str]  # (start_utc, end_utc, kind)
+
+_DIRTY = "lockstep.busy_island_days"
+# Marked days closer than this are rebuilt by one statement (a rebuilt day that did not change is harmless).
+_JOIN_GAP_DAYS = 2
+
+
+def mark(session: Session, tech: str, spans: Iterable[tuple[int, int]]) -> None:
+    """Remember the UTC days that index rows ``spans`` (written or removed) lie on."""
+    days = session.info.setdefault(_DIRTY, {}).setdefault(tech, set())
+    for start, end in spans:
+        days.update(range(start // DAY, (max(start, end - 1)) // DAY + 1))
+
+
+def pieces_of(rows: Iterable[Piece], low: int, high: int) -> list[Piece]:
+    """Rows merged per kind and UTC day, clipped to [low, high); overlapping and touching rows
+    join (as ``epochs.merge_rows`` joins them), but never across a midnight."""
+    cut: list[tuple[str, int, int]] = []
+    for start, end, kind in rows:
+        start, end = max(start, low), min(end, high)
+        while start < end:
+            midnight = (start // DAY + 1) * DAY
+            cut.append((kind, start, min(end, midnight)))
+            start = midnight
+    cut.sort()
+    merged: list[tuple[str, int, int]] = []
+    for kind, start, end in cut:
+        if merged:
+            last_kind, last_start, last_end = merged[-1]
+            if last_kind == kind and start <= last_end and start // DAY == last_start // DAY:
+                if end > last_end:
+                    merged[-1] = (kind, last_start, end)
+                continue
+        merged.append((kind, start, end))
+    return [(start, end, kind) for kind, start, end in merged]
+
+
+def rebuild(connection: Session | Any, techs: Iterable[str]) -> None:
+    """Every piece of ``techs`` from their rows (the migration that adds the table; tests that
+    write rows directly). ``connection``: a Session or a Core Connection."""
+    for tech in techs:
+        rows = connection.execute(select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
+                                  .where(BusyInterval.tech == tech)).all()
+        connection.execute(delete(BusyIsland).where(BusyIsland.tech == tech))
+        _insert(connection, tech, pieces_of(rows, -(1 << 62), 1 << 62))
+
+
+def _rebuild_days(session: Session, tech: str, days: set[int]) -> None:
+    for first, last in _runs(sorted(days)):
+        low, high = first * DAY, (last + 1) * DAY
+        rows = session.execute(
+            select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind).where(
+                BusyInterval.tech == tech, BusyInterval.start_utc > low - DAY,
+                BusyInterval.start_utc < high, BusyInterval.end_utc > low)
+        ).all()
+        session.execute(delete(BusyIsland).where(
+            BusyIsland.tech == tech, BusyIsland.start_utc >= low, BusyIsland.start_utc < high))
+        _insert(session, tech, pieces_of(rows, low, high))
+
+
+def _insert(connection: Session | Any, tech: str, pieces: list[Piece]) -> None:
+    if pieces:
+        connection.execute(insert(BusyIsland), [
+            {"tech": tech, "start_utc": start, "end_utc": end, "kind": kind} for start, end, kind in pieces])
+
+
+def _runs(days: list[int]) -> list[tuple[int, int]]:
+    """Sorted day numbers as (first, last) runs; gaps up to ``_JOIN_GAP_DAYS`` are bridged."""
+    runs: list[tuple[int, int]] = []
+    for day in days:
+        if runs and day - runs[-1][1] <= _JOIN_GAP_DAYS:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+@event.listens_for(Session, "before_commit")
+def _rebuild_marked_days(session: Session) -> None:
+    """Once per transaction, however many items it wrote (a calendar import writes thousands).
+    Marks are not dropped on a rollback: rebuilding a day that did not change is harmless. A
+    savepoint's commit leaves the work to the outer commit, so it is done once."""
+    if session.in_nested_transaction():
+        return
+    marked: dict[str, set[int]] = session.info.pop(_DIRTY, None) or {}
+    for tech, days in marked.items():
+        _rebuild_days(session, tech, days)
+
