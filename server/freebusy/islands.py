@@ -2,7 +2,7 @@
 
 A dense calendar has dozens of index rows a day (one per event instance and calendar); merged,
 they are a few periods. Free/busy over all of a tech's calendars reads these merged pieces
-instead of the rows (about 25 times fewer on the benchmark's 5,000-event tech): less to fetch
+instead of the rows (136 instead of 1,746 for 30 days of the benchmark's 5,000-event tech): less to fetch
 and merge on the path that must answer in milliseconds. Merging the pieces of the kinds a
 policy blocks on, in start order, gives the same periods as merging those kinds' rows, so one
 set of pieces serves every policy.
