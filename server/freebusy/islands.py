@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, event, insert, select
+from sqlalchemy import bindparam, delete, event, insert, or_, select
 from sqlalchemy.orm import Session
 
 from server.models import BusyInterval, BusyIsland
@@ -26,8 +26,6 @@ DAY = 86400
 Piece = tuple[int, int, str]  # (start_utc, end_utc, kind)
 
 _DIRTY = "lockstep.busy_island_days"
-# Marked days closer than this are rebuilt by one statement (a rebuilt day that did not change is harmless).
-_JOIN_GAP_DAYS = 2
 
 
 def mark(session: Session, tech: str, spans: Iterable[tuple[int, int]]) -> None:
@@ -71,33 +69,36 @@ def rebuild(connection: Session | Any, techs: Iterable[str]) -> None:
 
 
 def _rebuild_days(session: Session, tech: str, days: set[int]) -> None:
-    for first, last in _runs(sorted(days)):
-        low, high = first * DAY, (last + 1) * DAY
-        rows = session.execute(
-            select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind).where(
-                BusyInterval.tech == tech, BusyInterval.start_utc > low - DAY,
-                BusyInterval.start_utc < high, BusyInterval.end_utc > low)
-        ).all()
-        session.execute(delete(BusyIsland).where(
-            BusyIsland.tech == tech, BusyIsland.start_utc >= low, BusyIsland.start_utc < high))
-        _insert(session, tech, pieces_of(rows, low, high))
+    """Three statements however many days (a weekly series marks one day a week all year)."""
+    if not days:
+        return
+    ordered = sorted(days)
+    low, high = ordered[0] * DAY, (ordered[-1] + 1) * DAY
+    params = {"tech": tech, "below": low - DAY, "low": low, "high": high, "days": ordered}
+    connection = session.connection()
+    rows = connection.execute(_ROWS_ON_DAYS, params).all()
+    connection.execute(_PIECES_ON_DAYS, params)
+    _insert(connection, tech, [piece for piece in pieces_of(rows, low, high) if piece[0] // DAY in days])
 
 
 def _insert(connection: Session | Any, tech: str, pieces: list[Piece]) -> None:
     if pieces:
-        connection.execute(insert(BusyIsland), [
+        connection.execute(insert(BusyIsland.__table__), [
             {"tech": tech, "start_utc": start, "end_utc": end, "kind": kind} for start, end, kind in pieces])
 
 
-def _runs(days: list[int]) -> list[tuple[int, int]]:
-    """Sorted day numbers as (first, last) runs; gaps up to ``_JOIN_GAP_DAYS`` are bridged."""
-    runs: list[tuple[int, int]] = []
-    for day in days:
-        if runs and day - runs[-1][1] <= _JOIN_GAP_DAYS:
-            runs[-1] = (runs[-1][0], day)
-        else:
-            runs.append((day, day))
-    return runs
+# A row lies on the days of its first and last second (rows never exceed a day); a piece on its
+# start's. Integer division on both backends; the start bounds keep each scan to the index range.
+_DAYS = bindparam("days", expanding=True)
+_ROWS_ON_DAYS = (
+    select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
+    .where(BusyInterval.tech == bindparam("tech"), BusyInterval.start_utc > bindparam("below"),
+           BusyInterval.start_utc < bindparam("high"),
+           or_((BusyInterval.start_utc // DAY).in_(_DAYS), ((BusyInterval.end_utc - 1) // DAY).in_(_DAYS)))
+)
+_PIECES_ON_DAYS = delete(BusyIsland.__table__).where(
+    BusyIsland.tech == bindparam("tech"), BusyIsland.start_utc >= bindparam("low"),
+    BusyIsland.start_utc < bindparam("high"), (BusyIsland.start_utc // DAY).in_(_DAYS))
 
 
 @event.listens_for(Session, "before_commit")
