@@ -226,6 +226,14 @@ def test_islands_stay_the_merge_of_the_rows_after_every_write(
             else:
                 text_ = _calendar(day0, events) if action == "put" else None
                 busy_index.reindex_item(session, collections[cid], href, text_, policy)
+            # Asked inside the writing transaction, the answer already includes its writes.
+            window = (day0 - 86400, day0 + 40 * 86400)
+            rows_now = session.execute(select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
+                                       .where(BusyInterval.tech == "ann", BusyInterval.end_utc > window[0],
+                                              BusyInterval.start_utc < window[1])
+                                       .order_by(BusyInterval.start_utc)).all()
+            assert busy_index.busy_epochs_for_many(session, {"ann": policy}, *window)["ann"] == \
+                merge_rows(rows_now, ("busy",), *window)
         with database.read() as session:
             stored = session.execute(select(BusyIsland.start_utc, BusyIsland.end_utc, BusyIsland.kind)
                                      .where(BusyIsland.tech == "ann")).all()

@@ -176,6 +176,7 @@ def busy_epochs_for_many(
     """One range scan for many techs; each tech's rows merged under its own policy and clipped to
     [start, end), all on integer epochs (a dense calendar has thousands of rows in a month)."""
     statement, params = range_scan(list(policies), start, end, ignore_href, collection_id)
+    islands.settle(session)  # this transaction's own writes first
     return merge_scan(plain_rows(session, statement, params), policies, start, end)
 
 

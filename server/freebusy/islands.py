@@ -2,8 +2,8 @@
 
 A dense calendar has dozens of index rows a day (one per event instance and calendar); merged,
 they are a few periods. Free/busy over all of a tech's calendars reads these merged pieces
-instead of the rows (136 instead of 1,746 for 30 days of the benchmark's 5,000-event tech): less to fetch
-and merge on the path that must answer in milliseconds. Merging the pieces of the kinds a
+instead of the rows (136 instead of 1,746 for 30 days of the benchmark's 5,000-event tech):
+less to fetch and merge on the path that must answer in milliseconds. Merging the pieces of the kinds a
 policy blocks on, in start order, gives the same periods as merging those kinds' rows, so one
 set of pieces serves every policy.
 
@@ -101,14 +101,18 @@ _PIECES_ON_DAYS = delete(BusyIsland.__table__).where(
     BusyIsland.start_utc < bindparam("high"), (BusyIsland.start_utc // DAY).in_(_DAYS))
 
 
-@event.listens_for(Session, "before_commit")
-def _rebuild_marked_days(session: Session) -> None:
-    """Once per transaction, however many items it wrote (a calendar import writes thousands).
-    Marks are not dropped on a rollback: rebuilding a day that did not change is harmless. A
-    savepoint's commit leaves the work to the outer commit, so it is done once."""
-    if session.in_nested_transaction():
-        return
+def settle(session: Session) -> None:
+    """Rebuild the days this session's writes marked: before it commits, and before it reads
+    pieces itself (a transaction that wrote and then asks what is busy)."""
     marked: dict[str, set[int]] = session.info.pop(_DIRTY, None) or {}
     for tech, days in marked.items():
         _rebuild_days(session, tech, days)
 
+
+@event.listens_for(Session, "before_commit")
+def _settle_before_commit(session: Session) -> None:
+    """Once per transaction, however many items it wrote (a calendar import writes thousands).
+    Marks are not dropped on a rollback: rebuilding a day that did not change is harmless. A
+    savepoint's commit leaves the work to the outer commit, so it is done once."""
+    if not session.in_nested_transaction():
+        settle(session)
