@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from server import horizon
-from tests.support.lockstep_server import skip_without_postgresql, TEST_HORIZON_PAST_DAYS, LockstepServer, running_server
+from tests.support.lockstep_server import (
+    TEST_HORIZON_PAST_DAYS, LockstepServer, running_server, skip_without_postgresql,
+)
 
 BACKENDS = ["sqlite", "postgresql"]
 # In-process indexing too keeps the fixed-date fixtures inside the horizon (as the test servers do).

@@ -25,11 +25,11 @@ from sqlalchemy import delete, insert, select, text
 from server.techs import revoke_token
 from server.db import Database, plain_rows
 from server.freebusy import index as busy_index
+from server.freebusy import islands
 from server.freebusy.epochs import ical_utc, merge_rows, rfc3339
 from server.freebusy.expand import merge
 from server.freebusy.policy import Policy
 from server.freebusy.vfreebusy import MAX_LINE_OCTETS, fold, report_vfreebusy, vfreebusy
-from server.freebusy import islands
 from server.models import BusyInterval, BusyIsland, DavCollection
 from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema
 
@@ -227,7 +227,7 @@ def test_islands_stay_the_merge_of_the_rows_after_every_write(
                 text_ = _calendar(day0, events) if action == "put" else None
                 busy_index.reindex_item(session, collections[cid], href, text_, policy)
             # Asked inside the writing transaction, the answer already includes its writes.
-            window = (day0 - 86400, day0 + 40 * 86400)
+            window = (day0 - DAY, day0 + 40 * DAY)
             rows_now = session.execute(select(BusyInterval.start_utc, BusyInterval.end_utc, BusyInterval.kind)
                                        .where(BusyInterval.tech == "ann", BusyInterval.end_utc > window[0],
                                               BusyInterval.start_utc < window[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import inspect
 
 from server.db import Database
-from tests.support.lockstep_server import PG_ENV, skip_without_postgresql, postgres_schema
+from tests.support.lockstep_server import PG_ENV, postgres_schema, skip_without_postgresql
 
 
 def test_nodes_starting_together_on_an_empty_postgresql_database(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from server.models import Conflict, Connection, Notification, Tech
 from tests.support.api import Api, api_for
 from tests.support.dav import multistatus
 from tests.support.google_env import eventually
-from tests.support.lockstep_server import skip_without_postgresql, LockstepServer, running_server
+from tests.support.lockstep_server import LockstepServer, running_server, skip_without_postgresql
 from tests.support.remote_accounts import PROVIDERS, RemoteAccount, RemoteView, open_account
 
 DAY = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}

@@ -100,16 +100,15 @@ class Faults:
         failing = None
         with self._lock:
             for fault in self.items:
-                if fault.kind in ("latency", "slow_reply"):
-                    if fault.applies(method, path, args, form):
-                        if fault.kind == "latency":
-                            delay += fault.delay
-                        else:
-                            reply_delay += fault.delay
-                        self._consume(fault)
-                elif failing is None and fault.applies(method, path, args, form):
-                    failing = fault
+                timing = fault.kind in ("latency", "slow_reply")  # every match counts; only one error
+                if (timing or failing is None) and fault.applies(method, path, args, form):
                     self._consume(fault)
+                    if fault.kind == "latency":
+                        delay += fault.delay
+                    elif fault.kind == "slow_reply":
+                        reply_delay += fault.delay
+                    else:
+                        failing = fault
         return delay, failing, reply_delay
 
     @staticmethod

@@ -28,7 +28,7 @@ import sqlalchemy
 from server import techs
 from server.techs import Settings
 from tests.support.api import Api, api_for
-from tests.support.lockstep_server import PG_ENV, skip_without_postgresql, LockstepServer, postgres_schema
+from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema, skip_without_postgresql
 from tests.support.lockstep_worker import LockstepWorker
 from tests.support.remote_accounts import RemoteAccount, open_account
 
