@@ -16,6 +16,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from server.commit_order import current_transaction_id
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -93,11 +95,14 @@ class DavChange(Base):
     """Append-only log of item writes; its id is the revision behind sync tokens.
 
     Consumers (RFC 6578 sync, busy index, sync engine) read it; rows are written
-    in the same transaction as the item change they describe.
+    in the same transaction as the item change they describe. ``txid`` lets the outbox
+    read the whole log in commit order (server/commit_order.py); rows logged before it
+    existed count as transaction 0.
     """
 
     __tablename__ = "dav_changes"
-    __table_args__ = (Index("ix_dav_changes_collection_id", "collection_id", "id"),)
+    __table_args__ = (Index("ix_dav_changes_collection_id", "collection_id", "id"),
+                      Index("ix_dav_changes_txid", "txid", "id"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     collection_id: Mapped[int] = mapped_column(Integer)
@@ -106,6 +111,7 @@ class DavChange(Base):
     uid: Mapped[str] = mapped_column(String(512))
     operation: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    txid: Mapped[int] = mapped_column(BigInteger, default=current_transaction_id(), server_default="0")
 
 
 class TechSettings(Base):

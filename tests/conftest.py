@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from server import horizon
+from server.db import Database
 from tests.support.lockstep_server import (
-    TEST_HORIZON_PAST_DAYS, LockstepServer, running_server, skip_without_postgresql,
+    TEST_HORIZON_PAST_DAYS, LockstepServer, migrated_database, running_server, skip_without_postgresql,
 )
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -47,6 +48,13 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     """One running ``lockstep serve`` per test module and backend."""
     with running_server(tmp_path_factory.mktemp(f"lockstep-{backend}"), backend) as started:
         yield started
+
+
+@pytest.fixture
+def database(backend: str, tmp_path: Path) -> Iterator[Database]:
+    """An empty, migrated database of the backend, for in-process tests."""
+    with migrated_database(backend, tmp_path) as migrated:
+        yield migrated
 
 
 @pytest.fixture

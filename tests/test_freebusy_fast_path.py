@@ -8,12 +8,9 @@ the icalendar parser, and a scan of the inserted rows done in Python.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import icalendar
 import pytest
@@ -31,7 +28,7 @@ from server.freebusy.expand import merge
 from server.freebusy.policy import Policy
 from server.freebusy.vfreebusy import MAX_LINE_OCTETS, fold, report_vfreebusy, vfreebusy
 from server.models import BusyInterval, BusyIsland, DavCollection
-from tests.support.lockstep_server import PG_ENV, LockstepServer, postgres_schema
+from tests.support.lockstep_server import LockstepServer, migrated_database
 
 UTC = timezone.utc
 DAY = 86400
@@ -144,15 +141,9 @@ def test_fold_never_splits_a_character() -> None:
 
 @pytest.fixture(scope="module")
 def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    with contextlib.ExitStack() as stack:
-        if backend == "postgresql":
-            url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
-        else:
-            url = f"sqlite:///{Path(tmp_path_factory.mktemp('scan')) / 'scan.db'}"
-        database = Database(url)
-        stack.callback(database.dispose)
-        database.migrate()
-        yield database
+    """One database per module: the hypothesis tests clear what they wrote."""
+    with migrated_database(backend, tmp_path_factory.mktemp("scan")) as migrated:
+        yield migrated
 
 
 ROWS = st.lists(st.tuples(st.sampled_from(["ann", "bob", "cy"]), st.sampled_from([1, 2]),
@@ -186,7 +177,6 @@ def test_scan_matches_a_python_scan_of_the_rows(
                        and collection in (None, cid)), key=lambda row: row[0])
         blocking = ("busy", "tentative") if policies[name].tentative_blocks else ("busy",)
         assert got[name] == _reference(mine, blocking, start, end), name
-
 
 
 EVENTS = st.lists(st.tuples(st.integers(0, 8 * 96).map(QUARTER.__mul__), st.integers(1, 120).map(QUARTER.__mul__),

@@ -8,7 +8,6 @@ that does not answer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from server.sandbox.google import GoogleSandbox
 from server.sync_admin import sync_now, sync_status
 from tests.support.api import api_for
 from tests.support.google_env import connect_google, eventually, google_env
-from tests.support.lockstep_server import PG_ENV, LockstepServer, free_port, postgres_schema, running_server
+from tests.support.lockstep_server import LockstepServer, free_port, running_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -132,19 +131,6 @@ def test_healthz_answers_when_the_database_does(server: LockstepServer) -> None:
 
 
 # -- the database gauges and /healthz against a queue and a database the test controls ------------
-@pytest.fixture
-def database(backend: str, tmp_path: Path) -> Iterator[Database]:
-    if backend == "postgresql":
-        with postgres_schema(os.environ[PG_ENV]) as url:
-            db = Database(url)
-            db.migrate()
-            yield db
-            db.dispose()
-    else:
-        db = Database(f"sqlite:///{tmp_path / 'metrics.db'}")
-        db.migrate()
-        yield db
-        db.dispose()
 
 
 def test_jobs_pending_and_failed_by_kind(database: Database) -> None:

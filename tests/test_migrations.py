@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from server.db import Database
 from tests.support.lockstep_server import PG_ENV, postgres_schema, skip_without_postgresql
@@ -70,3 +70,30 @@ def test_upgrade_builds_the_islands_of_rows_indexed_before_them(tmp_path: Path) 
     database.dispose()
     assert sorted(stored) == [("ann", 0, 7200, "busy"), ("ann", 82800, 86400, "tentative"),
                               ("ann", 86400, 90000, "tentative"), ("bob", 600, 1200, "busy")]
+
+
+def test_upgrade_keeps_the_outbox_mark_on_changes_logged_before_it(tmp_path: Path) -> None:
+    """0009 adds the changes' transaction ids: what the outbox dispatched before stays dispatched,
+    what it had not yet reached is dispatched after."""
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from server.caldav_bridge import outbox
+    from server.caldav_bridge.engine import JOB_PUSH
+    from server.db import alembic_config
+    from server.models import Job, Marker
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    command.upgrade(alembic_config(url), "0008")
+    database = Database(url)
+    with database.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO dav_changes (id, collection_id, collection_path, href, uid, operation, created_at) "
+            "VALUES (:id, 1, 'ann/bookings', :href, :href, 'put', '2026-12-04 00:00:00')"),
+            [{"id": n, "href": f"{n}.ics"} for n in (1, 2, 3)])
+        connection.execute(insert(Marker), [{"name": outbox.MARK_ID, "value": 2}])
+    database.migrate()
+    assert outbox.dispatch_changes(database, JOB_PUSH) == 1
+    with database.read() as session:
+        assert [p for p in session.scalars(select(Job.payload))] == ['{"href": "3.ics", "path": "ann/bookings"}']
+    database.dispose()

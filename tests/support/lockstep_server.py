@@ -71,6 +71,21 @@ def postgres_schema(base_url: str, keep: bool = False) -> Iterator[str]:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def migrated_database(backend: str, directory: Path) -> Iterator[Database]:
+    """An empty, migrated database of ``backend``: a fresh PostgreSQL schema, or a SQLite file in
+    ``directory``; for in-process tests that drive the store and the queues without a server."""
+    with contextlib.ExitStack() as stack:
+        if backend == "postgresql":
+            url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
+        else:
+            url = f"sqlite:///{directory / 'lockstep.db'}"
+        database = Database(url)
+        stack.callback(database.dispose)
+        database.migrate()
+        yield database
+
+
 @dataclass
 class LockstepServer:
     data_dir: Path
