@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -72,9 +73,18 @@ def test_upgrade_builds_the_islands_of_rows_indexed_before_them(tmp_path: Path) 
                               ("ann", 86400, 90000, "tentative"), ("bob", 600, 1200, "busy")]
 
 
-def test_upgrade_keeps_the_outbox_mark_on_changes_logged_before_it(tmp_path: Path) -> None:
+def test_upgrade_keeps_the_outbox_mark_on_changes_logged_before_it(backend: str, tmp_path: Path) -> None:
     """0009 adds the changes' transaction ids: what the outbox dispatched before stays dispatched,
     what it had not yet reached is dispatched after."""
+    with contextlib.ExitStack() as stack:
+        if backend == "postgresql":
+            url = stack.enter_context(postgres_schema(os.environ[PG_ENV]))
+        else:
+            url = f"sqlite:///{tmp_path / 'm.db'}"
+        _upgrade_past_0009_with_a_mark(url)
+
+
+def _upgrade_past_0009_with_a_mark(url: str) -> None:
     from alembic import command
     from sqlalchemy import insert, select
 
@@ -83,7 +93,6 @@ def test_upgrade_keeps_the_outbox_mark_on_changes_logged_before_it(tmp_path: Pat
     from server.db import alembic_config
     from server.models import Job, Marker
 
-    url = f"sqlite:///{tmp_path / 'm.db'}"
     command.upgrade(alembic_config(url), "0008")
     database = Database(url)
     with database.engine.begin() as connection:
