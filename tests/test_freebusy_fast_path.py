@@ -249,11 +249,11 @@ def test_read_many_gives_each_query_its_rows_in_one_snapshot(database: Database)
     assert [len(rows) for rows in expected] == [1, 1, 1, 3]
 
 
-def test_read_many_outlives_dropped_connections(backend: str, database: Database) -> None:
+# Only PostgreSQL connections can be terminated from outside, so this case runs there alone.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_read_many_outlives_dropped_connections(database: Database) -> None:
     """Every pooled connection terminated by the server (a restart, a failover): the next read
     answers all the same, on fresh connections."""
-    if backend != "postgresql":
-        pytest.skip("only PostgreSQL connections can be terminated from outside")
     name = "readmany-" + secrets.token_hex(4)
     reader = Database(f"{database.url}&application_name={name}")
     query = [busy_index.range_scan(["ann"], 0, 10_000)]
